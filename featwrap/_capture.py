@@ -1,0 +1,292 @@
+"""What the hooks do: record each requested layer's output into the session of the running forward.
+
+Design, in short:
+
+* Hooks are registered once, at construction. Each is a ``functools.partial`` of a method of a
+  :class:`Recorder` (picklable, deep-copyable, no closures), and is inert unless a forward of its
+  own ``FeatureModel`` is running in the current thread.
+* Each forward opens a :class:`Session` that lives only as long as the call. The running session
+  is found through a ``threading.local``, so forwards in several threads never mix, and a value
+  from an earlier call can never be returned. Under ``torch.compile`` tracing the session sits in
+  a plain attribute that dynamo can follow (and that is cleared before the forward returns).
+* In-place safety without paying for copies: the first forward in each mode (train/eval x grad
+  on/off) copies every captured tensor and watches the originals' version counters (or compares
+  values, for inference tensors). A layer whose output was modified after it returned is copied
+  from then on; the others are returned as the very tensors the modules produced, and their
+  version counters are still checked at the end of every forward, so a modification that shows
+  up only later (data-dependent control flow) is never returned silently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import torch
+
+from featwrap import _tree
+from featwrap.errors import FeatureModifiedError, MissingFeatureError, RepeatedCallError
+
+Tensor = torch.Tensor
+
+
+class Repeats(str, Enum):
+    """What to return for a layer that runs several times in one forward."""
+
+    LAST = "last"
+    FIRST = "first"
+    ALL = "all"
+    ERROR = "error"
+
+
+class Missing(str, Enum):
+    """What to do with a requested layer that did not run in a forward."""
+
+    ERROR = "error"
+    SKIP = "skip"
+    NONE = "none"
+
+
+class StopForward(BaseException):
+    """Raised by a hook to end the backbone's forward once every requested layer has fired.
+
+    A ``BaseException`` so that ``except Exception`` blocks inside user models let it through.
+    """
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+
+_UNSET: Any = object()
+
+
+class Recorder:
+    """Per-FeatureModel state shared by its hooks: the layer keys, options and what was learned.
+
+    Holds no tensor between calls: sessions are per call and dropped when the call ends.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        repeats: Repeats,
+        detach: bool,
+        missing: Missing,
+        stop_early: bool,
+        wait_for_parent: Sequence[bool],
+    ) -> None:
+        self.keys = tuple(keys)
+        self.repeats = repeats
+        self.detach = detach
+        self.missing = missing
+        self.stop_early = stop_early
+        self.wait_for_parent = tuple(wait_for_parent)
+        # per mode (training, grad enabled): None until probed, then which keys need a copy
+        self.copy_keys: dict[tuple[bool, bool], frozenset[int]] = {}
+        self.traced: Session | None = None
+        self._local = threading.local()
+
+    # -- pickling and deepcopy: a thread-local cannot be copied; make a fresh one ----------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_local"]
+        state["traced"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    # -- sessions --------------------------------------------------------------------------------
+    def open(self, training: bool) -> tuple[Session, Session | None]:
+        """Start a session for a forward in this thread; returns it and the one it shadows."""
+        mode = (training, torch.is_grad_enabled())
+        session = Session(self, self.copy_keys.get(mode), mode, traced=False)
+        local = self._local
+        previous: Session | None = getattr(local, "session", None)
+        local.session = session
+        return session, previous
+
+    def close(self, previous: Session | None) -> None:
+        self._local.session = previous
+
+    def open_traced(self) -> Session:
+        """A session for a forward being traced by torch.compile: copies every captured value."""
+        session = Session(self, None, (False, False), traced=True)
+        self.traced = session
+        return session
+
+    def current(self) -> Session | None:
+        traced = self.traced
+        if traced is not None and torch.compiler.is_compiling():
+            return traced
+        return getattr(self._local, "session", None)
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
+        """Forward hook: record ``output`` under every key in ``indices``."""
+        session = self.current()
+        if session is not None:
+            session.record(indices, output)
+
+    def on_parent_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
+        """Forward hook on the parent of layers that may repeat: they are final once it returns."""
+        session = self.current()
+        if session is not None:
+            session.parent_done(indices)
+
+
+class Session:
+    """The capture state of one forward call."""
+
+    __slots__ = (
+        "copy",
+        "counts",
+        "done",
+        "mode",
+        "probe",
+        "recorder",
+        "remaining",
+        "traced",
+        "values",
+        "watched",
+    )
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        copy_keys: frozenset[int] | None,
+        mode: tuple[bool, bool],
+        traced: bool,
+    ) -> None:
+        n = len(recorder.keys)
+        self.recorder = recorder
+        self.mode = mode
+        self.traced = traced
+        self.probe = copy_keys is None and not traced
+        # which keys are copied at capture: all while probing or tracing, else the learned ones
+        self.copy: frozenset[int] | None = copy_keys
+        self.values: list[Any] = [[] for _ in range(n)] if recorder.repeats is Repeats.ALL else [
+            _UNSET
+        ] * n
+        self.counts = [0] * n
+        self.done = [False] * n
+        self.remaining = n
+        # (key index, original value, its versions or None, the copy made of it or None)
+        self.watched: list[tuple[int, Any, tuple[int, ...] | None, Any]] = []
+
+    # -- recording ---------------------------------------------------------------------------
+    def record(self, indices: tuple[int, ...], output: Any) -> None:
+        rec = self.recorder
+        repeats = rec.repeats
+        for i in indices:
+            count = self.counts[i]
+            self.counts[i] = count + 1
+            if count:
+                if repeats is Repeats.FIRST:
+                    continue
+                if repeats is Repeats.ERROR:
+                    raise RepeatedCallError(
+                        f"Layer {rec.keys[i]!r} ran {count + 1} times in one forward, and "
+                        "repeats='error' was requested. Pass repeats='last' (the default), "
+                        "'first' or 'all' (a list of every call) to accept this."
+                    )
+            value = self._capture(i, output)
+            if repeats is Repeats.ALL:
+                self.values[i].append(value)
+            else:
+                self.values[i] = value
+            if not count and rec.stop_early and not (
+                repeats is not Repeats.FIRST and rec.wait_for_parent[i]
+            ):
+                self._mark_done(i)
+
+    def _capture(self, i: int, output: Any) -> Any:
+        detach = self.recorder.detach
+        copy = self.copy
+        if self.traced:
+            return _tree.clone(output, detach)
+        if copy is None or i in copy:
+            value = _tree.clone(output, detach)
+            if self.probe:
+                versions = _tree.versions(output)
+                self.watched.append((i, output, versions, value if versions is None else None))
+            return value
+        if type(output) is Tensor:  # the fast path: one tensor, no copy
+            value = output.detach() if detach else output
+            if not output.is_inference():
+                self.watched.append((i, output, (output._version,), None))
+            return value
+        value = _tree.detach(output) if detach else _tree.shallow(output)
+        versions = _tree.versions(output)
+        if versions is not None:
+            self.watched.append((i, output, versions, None))
+        return value
+
+    def parent_done(self, indices: tuple[int, ...]) -> None:
+        for i in indices:
+            if self.counts[i] and not self.done[i]:
+                self._mark_done(i)
+
+    def _mark_done(self, i: int) -> None:
+        self.done[i] = True
+        self.remaining -= 1
+        if self.remaining == 0 and not self.traced:
+            raise StopForward(self)
+
+    def fired(self) -> list[str]:
+        keys = self.recorder.keys
+        return [keys[i] for i, c in enumerate(self.counts) if c]
+
+    # -- the end of the forward --------------------------------------------------------------
+    def check_modified(self) -> None:
+        """Learn (probe) or verify (later calls) which captured outputs were modified in place."""
+        rec = self.recorder
+        modified = {
+            i
+            for i, original, versions, copy in self.watched
+            if (_tree.versions(original) != versions if copy is None else not _tree.equal(original, copy))
+        }
+        self.watched = []
+        if self.probe:
+            rec.copy_keys[self.mode] = frozenset(modified)
+            return
+        if modified:
+            learned = rec.copy_keys.get(self.mode, frozenset())
+            rec.copy_keys[self.mode] = learned | modified
+            names = ", ".join(repr(rec.keys[i]) for i in sorted(modified))
+            raise FeatureModifiedError(
+                f"The output of layer {names} was modified in place later in this forward (by an "
+                "in-place op such as ReLU(inplace=True) or `x += y` in the model), which had not "
+                "happened in earlier forwards in this mode, so the captured value is no longer "
+                "what the layer returned. featwrap now copies this layer's output at capture: run "
+                "the forward again. (The model's control flow depends on its input here.)"
+            )
+
+    def result(self, output: Any, output_key: str | None) -> dict[str, Any]:
+        """The dict returned by FeatureModel.forward; checks missing layers."""
+        rec = self.recorder
+        features: dict[str, Any] = {}
+        if output_key is not None:
+            features[output_key] = output
+        missing: list[str] = []
+        all_calls = rec.repeats is Repeats.ALL
+        for i, key in enumerate(rec.keys):
+            if self.counts[i] == 0:
+                missing.append(key)
+                if rec.missing is Missing.NONE:
+                    features[key] = None
+                continue
+            value = self.values[i]
+            features[key] = list(value) if all_calls else value
+        if missing and rec.missing is Missing.ERROR:
+            raise MissingFeatureError(
+                f"Layer{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} did not "
+                "run in this forward (a branch not taken, or a module the forward never calls), "
+                "so there is no value to return. Pass missing='skip' to leave such keys out, or "
+                "missing='none' to get None."
+            )
+        return features

@@ -1,0 +1,125 @@
+"""Walking the structures modules return: tensors inside tuples, lists, dicts, namedtuples and dataclasses.
+
+Kept small and fast on purpose: the common case (a bare tensor) never enters the recursion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def tensors(value: Any) -> Iterator[Tensor]:
+    """Every tensor inside ``value``, depth first, in a stable order."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from tensors(getattr(value, field.name))
+
+
+def map_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
+    """A copy of the structure ``value`` with ``fn`` applied to every tensor.
+
+    Containers are rebuilt (lists and dicts too), so that a caller who later appends to the
+    original list does not change the copy. Leaves that are not tensors are shared.
+    """
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        items = [map_tensors(fn, v) for v in value]
+        if hasattr(value, "_fields"):  # namedtuple
+            return type(value)(*items)
+        return tuple(items) if type(value) is tuple else _rebuild(value, items)
+    if isinstance(value, list):
+        items = [map_tensors(fn, v) for v in value]
+        return items if type(value) is list else _rebuild(value, items)
+    if isinstance(value, dict):
+        mapped = {k: map_tensors(fn, v) for k, v in value.items()}
+        return mapped if type(value) is dict else _rebuild(value, mapped)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: map_tensors(fn, getattr(value, f.name)) for f in dataclasses.fields(value)}
+        try:
+            return dataclasses.replace(value, **changes)
+        except (TypeError, ValueError):  # init=False fields and the like: copy field by field
+            clone = object.__new__(type(value))
+            clone.__dict__.update(value.__dict__)
+            for name, item in changes.items():
+                object.__setattr__(clone, name, item)
+            return clone
+    return value
+
+
+def _rebuild(original: Any, items: Any) -> Any:
+    """Rebuild a subclass of tuple/list/dict (OrderedDict, ModelOutput, ...) from its items."""
+    try:
+        return type(original)(items)
+    except Exception:  # a subclass with another constructor: fall back to the plain container
+        if isinstance(original, dict):
+            return dict(items)
+        return type(items)(items) if not isinstance(original, tuple) else tuple(items)
+
+
+def versions(value: Any) -> tuple[int, ...] | None:
+    """The version counters of the tensors in ``value``; ``None`` when one has none.
+
+    Inference tensors (made under ``torch.inference_mode``) do not count versions.
+    """
+    if isinstance(value, Tensor):
+        if value.is_inference():
+            return None
+        return (value._version,)
+    out: list[int] = []
+    for t in tensors(value):
+        if t.is_inference():
+            return None
+        out.append(t._version)
+    return tuple(out)
+
+
+def clone(value: Any, detach: bool) -> Any:
+    """A copy of ``value`` whose tensors own their memory (autograd graph kept unless detach)."""
+    if detach:
+        return map_tensors(_detached_clone, value)
+    return map_tensors(torch.Tensor.clone, value)
+
+
+def detach(value: Any) -> Any:
+    """``value`` with every tensor detached (structures rebuilt)."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    return map_tensors(torch.Tensor.detach, value)
+
+
+def shallow(value: Any) -> Any:
+    """``value`` itself if it is a tensor, else a rebuilt structure sharing its tensors."""
+    if isinstance(value, Tensor):
+        return value
+    return map_tensors(_identity, value)
+
+
+def equal(a: Any, b: Any) -> bool:
+    """Whether two structures hold tensors with the same values (used on inference tensors)."""
+    ta, tb = list(tensors(a)), list(tensors(b))
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and bool(torch.equal(x, y)) for x, y in zip(ta, tb, strict=True)
+    )
+
+
+def _detached_clone(t: Tensor) -> Tensor:
+    return t.detach().clone()
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
