@@ -63,6 +63,20 @@ class StopForward(BaseException):
 _UNSET: Any = object()
 
 
+class _Every(frozenset[int]):
+    """Contains every key index: the copy set of a probing or traced session."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
+
+
+class _Local(threading.local):
+    session: Session | None = None
+
+
 class Recorder:
     """Per-FeatureModel state shared by its hooks: the layer keys, options and what was learned.
 
@@ -87,7 +101,7 @@ class Recorder:
         # per mode (training, grad enabled): None until probed, then which keys need a copy
         self.copy_keys: dict[tuple[bool, bool], frozenset[int]] = {}
         self.traced: Session | None = None
-        self._local = threading.local()
+        self._local = _Local()
 
     # -- pickling and deepcopy: a thread-local cannot be copied; make a fresh one ----------------
     def __getstate__(self) -> dict[str, Any]:
@@ -98,7 +112,7 @@ class Recorder:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._local = _Local()
 
     # -- sessions --------------------------------------------------------------------------------
     def open(self, training: bool) -> tuple[Session, Session | None]:
@@ -106,7 +120,7 @@ class Recorder:
         mode = (training, torch.is_grad_enabled())
         session = Session(self, self.copy_keys.get(mode), mode, traced=False)
         local = self._local
-        previous: Session | None = getattr(local, "session", None)
+        previous = local.session
         local.session = session
         return session, previous
 
@@ -119,40 +133,63 @@ class Recorder:
         self.traced = session
         return session
 
-    def current(self) -> Session | None:
-        traced = self.traced
-        if traced is not None and torch.compiler.is_compiling():
-            return traced
-        return getattr(self._local, "session", None)
-
-    # -- hooks -------------------------------------------------------------------------------
+    # -- hooks (the hot path: keep them flat) ----------------------------------------------------
     def on_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
         """Forward hook: record ``output`` under every key in ``indices``."""
-        session = self.current()
-        if session is not None:
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+            if session is None:
+                return
+        fast = session.fast
+        if fast is None or type(output) is not Tensor:
             session.record(indices, output)
+            return
+        # The common case inlined (repeats="last", no early stop, after the probe, a tensor):
+        # store the very tensor and its version counter, checked when the forward ends.
+        for i in indices:
+            session.counts[i] += 1
+            if i in fast:
+                session.values[i] = session.capture_copy(i, output)
+                session.versions[i] = -1
+                continue
+            try:
+                session.versions[i] = output._version
+            except RuntimeError:  # an inference tensor counts no versions
+                session.values[i] = session.capture_tree(i, output)
+                session.versions[i] = -1
+            else:
+                session.values[i] = output.detach() if session.detach else output
 
     def on_parent_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
         """Forward hook on the parent of layers that may repeat: they are final once it returns."""
-        session = self.current()
-        if session is not None:
-            session.parent_done(indices)
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+            if session is None:
+                return
+        session.parent_done(indices)
 
 
 class Session:
     """The capture state of one forward call."""
 
     __slots__ = (
+        "all_calls",
         "copy",
         "counts",
+        "detach",
         "done",
+        "fast",
         "mode",
         "probe",
         "recorder",
         "remaining",
+        "stop_early",
         "traced",
         "values",
-        "watched",
+        "versions",
+        "watched_trees",
     )
 
     def __init__(
@@ -166,65 +203,75 @@ class Session:
         self.recorder = recorder
         self.mode = mode
         self.traced = traced
+        self.detach = recorder.detach
+        self.stop_early = recorder.stop_early
+        self.all_calls = recorder.repeats is Repeats.ALL
         self.probe = copy_keys is None and not traced
         # which keys are copied at capture: all while probing or tracing, else the learned ones
-        self.copy: frozenset[int] | None = copy_keys
-        self.values: list[Any] = [[] for _ in range(n)] if recorder.repeats is Repeats.ALL else [
-            _UNSET
-        ] * n
+        self.copy: frozenset[int] = _EVERY if copy_keys is None else copy_keys
+        # the keys to copy when the hook's inlined fast path applies; None when it does not
+        plain = not (self.probe or traced or self.all_calls or self.stop_early)
+        self.fast = copy_keys if plain and recorder.repeats is Repeats.LAST else None
+        self.values: list[Any] = [[] for _ in range(n)] if self.all_calls else [_UNSET] * n
         self.counts = [0] * n
         self.done = [False] * n
         self.remaining = n
-        # (key index, original value, its versions or None, the copy made of it or None)
-        self.watched: list[tuple[int, Any, tuple[int, ...] | None, Any]] = []
+        # version at capture of the bare tensor returned uncopied as values[i] (a detached alias
+        # shares the version counter); -1 when values[i] is not such a tensor
+        self.versions = [-1] * n
+        # the rest: (key index, original value, its versions or None, the copy made or None)
+        self.watched_trees: list[tuple[int, Any, tuple[int, ...] | None, Any]] = []
 
     # -- recording ---------------------------------------------------------------------------
     def record(self, indices: tuple[int, ...], output: Any) -> None:
-        rec = self.recorder
-        repeats = rec.repeats
+        counts = self.counts
         for i in indices:
-            count = self.counts[i]
-            self.counts[i] = count + 1
-            if count:
-                if repeats is Repeats.FIRST:
-                    continue
-                if repeats is Repeats.ERROR:
-                    raise RepeatedCallError(
-                        f"Layer {rec.keys[i]!r} ran {count + 1} times in one forward, and "
-                        "repeats='error' was requested. Pass repeats='last' (the default), "
-                        "'first' or 'all' (a list of every call) to accept this."
-                    )
-            value = self._capture(i, output)
-            if repeats is Repeats.ALL:
-                self.values[i].append(value)
-            else:
-                self.values[i] = value
-            if not count and rec.stop_early and not (
-                repeats is not Repeats.FIRST and rec.wait_for_parent[i]
-            ):
+            count = counts[i]
+            counts[i] = count + 1
+            if count and self._repeat_ignored(i, count):
+                continue
+            if self.all_calls or i in self.copy or type(output) is not Tensor:
+                value = self.capture_copy(i, output) if i in self.copy else self.capture_tree(i, output)
+                if self.all_calls:
+                    self.values[i].append(value)
+                else:
+                    self.values[i] = value
+                    self.versions[i] = -1
+            else:  # the fast path: the very tensor, its version counter checked at the end
+                try:
+                    self.versions[i] = output._version
+                except RuntimeError:  # an inference tensor counts no versions
+                    self.values[i] = self.capture_tree(i, output)
+                    self.versions[i] = -1
+                else:
+                    self.values[i] = output.detach() if self.detach else output
+            if self.stop_early and not count and not self.recorder.wait_for_parent[i]:
                 self._mark_done(i)
 
-    def _capture(self, i: int, output: Any) -> Any:
-        detach = self.recorder.detach
-        copy = self.copy
-        if self.traced:
-            return _tree.clone(output, detach)
-        if copy is None or i in copy:
-            value = _tree.clone(output, detach)
-            if self.probe:
-                versions = _tree.versions(output)
-                self.watched.append((i, output, versions, value if versions is None else None))
-            return value
-        if type(output) is Tensor:  # the fast path: one tensor, no copy
-            value = output.detach() if detach else output
-            if not output.is_inference():
-                self.watched.append((i, output, (output._version,), None))
-            return value
-        value = _tree.detach(output) if detach else _tree.shallow(output)
+    def _repeat_ignored(self, i: int, count: int) -> bool:
+        repeats = self.recorder.repeats
+        if repeats is Repeats.FIRST:
+            return True
+        if repeats is Repeats.ERROR:
+            raise RepeatedCallError(
+                f"Layer {self.recorder.keys[i]!r} ran {count + 1} times in one forward, and "
+                "repeats='error' was requested. Pass repeats='last' (the default), "
+                "'first' or 'all' (a list of every call) to accept this."
+            )
+        return False
+
+    def capture_copy(self, i: int, output: Any) -> Any:
+        value = _tree.clone(output, self.detach)
+        if self.probe:
+            versions = _tree.versions(output)
+            self.watched_trees.append((i, output, versions, value if versions is None else None))
+        return value
+
+    def capture_tree(self, i: int, output: Any) -> Any:
         versions = _tree.versions(output)
         if versions is not None:
-            self.watched.append((i, output, versions, None))
-        return value
+            self.watched_trees.append((i, output, versions, None))
+        return _tree.detach(output) if self.detach else _tree.shallow(output)
 
     def parent_done(self, indices: tuple[int, ...]) -> None:
         for i in indices:
@@ -244,13 +291,21 @@ class Session:
     # -- the end of the forward --------------------------------------------------------------
     def check_modified(self) -> None:
         """Learn (probe) or verify (later calls) which captured outputs were modified in place."""
-        rec = self.recorder
+        values = self.values
         modified = {
             i
-            for i, original, versions, copy in self.watched
-            if (_tree.versions(original) != versions if copy is None else not _tree.equal(original, copy))
+            for i, (version, value) in enumerate(zip(self.versions, values, strict=True))
+            if version >= 0 and value._version != version
         }
-        self.watched = []
+        for i, original, versions, copy in self.watched_trees:
+            if copy is None:
+                changed = _tree.versions(original) != versions
+            else:  # inference tensors count no versions: compare values (probe only)
+                changed = not _tree.equal(original, copy)
+            if changed:
+                modified.add(i)
+        self.watched_trees = []
+        rec = self.recorder
         if self.probe:
             rec.copy_keys[self.mode] = frozenset(modified)
             return
@@ -272,16 +327,21 @@ class Session:
         features: dict[str, Any] = {}
         if output_key is not None:
             features[output_key] = output
+        if self.all_calls:
+            values = [list(v) for v in self.values]
+        else:
+            values = self.values
+        if 0 not in self.counts:  # every layer fired: the common case, at C speed
+            features.update(zip(rec.keys, values))
+            return features
         missing: list[str] = []
-        all_calls = rec.repeats is Repeats.ALL
         for i, key in enumerate(rec.keys):
             if self.counts[i] == 0:
                 missing.append(key)
                 if rec.missing is Missing.NONE:
                     features[key] = None
-                continue
-            value = self.values[i]
-            features[key] = list(value) if all_calls else value
+            else:
+                features[key] = values[i]
         if missing and rec.missing is Missing.ERROR:
             raise MissingFeatureError(
                 f"Layer{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} did not "

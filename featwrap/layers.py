@@ -142,7 +142,9 @@ def _get_module(model: nn.Module, path: str, all_paths: list[str]) -> nn.Module:
     close = difflib.get_close_matches(path, everything, n=3, cutoff=0.6)
     if not close:
         close = [p for p in all_paths if p.endswith("." + path.rsplit(".", 1)[-1])][:3]
-    suggestion = f" Did you mean {_or(close)}?" if close else ""
+    suggestion = f" Did you mean {close[0]!r}?" if close else ""
+    if len(close) > 1:
+        suggestion += f" (Also close: {_or(close[1:])}.)"
     raise LayerNotFoundError(
         f"{path!r} is not a submodule of {type(model).__name__}.{suggestion} {_hint(model)}"
     )
@@ -176,7 +178,7 @@ def _hint(model: nn.Module) -> str:
 
 def _or(items: list[str]) -> str:
     quoted = [repr(i) for i in items]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _short(items: list[str], n: int = 4) -> str:
