@@ -90,7 +90,10 @@ class FeatureModel(nn.Module):
         self.output_key = output_key
         self._paths = OrderedDict((r.key, r.path) for r in resolved)
         stop_early = output_key is None
-        parents = [_parent(backbone, r.path) for r in resolved]
+        # A layer may run again inside its parent (BasicBlock calls its relu twice): when stopping
+        # early, a layer is final once its parent returns (children of the root: at once).
+        wait = stop_early and repeats_ is not Repeats.FIRST
+        parents = [_parent(backbone, r.path) if wait else None for r in resolved]
         self._recorder = Recorder(
             keys=[r.key for r in resolved],
             repeats=repeats_,
@@ -104,12 +107,11 @@ class FeatureModel(nn.Module):
         self._register(
             [r.module for r in resolved], self._recorder.on_output, self._handles
         )
-        if stop_early and repeats_ is not Repeats.FIRST:
-            # A layer may run again inside its parent (BasicBlock calls its relu twice): when
-            # stopping early, wait for the parent to return before calling the layer final.
-            self._register(parents, self._recorder.on_parent_output, self._handles)
+        self._register(parents, self._recorder.on_parent_output, self._handles)
         self.register_state_dict_post_hook(_strip_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
+        self.register_load_state_dict_post_hook(_report_backbone_keys)
+        self._loading_prefixes: list[str] = []
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
     @staticmethod
@@ -262,7 +264,7 @@ def _strip_prefix(
 
 
 def _add_prefix(
-    module: nn.Module,
+    module: FeatureModel,
     state_dict: dict[str, Any],
     prefix: str,
     local_metadata: Any,
@@ -275,6 +277,15 @@ def _add_prefix(
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
         _rename_in_place(metadata, prefix, prefix + _PREFIX, dotless=True, keep=True)
+    module._loading_prefixes.append(prefix)  # for _report_backbone_keys, which gets no prefix
+
+
+def _report_backbone_keys(module: nn.Module, incompatible: Any) -> None:
+    """Name missing and unexpected keys as the backbone's own, in strict-load errors too."""
+    prefix = module._loading_prefixes.pop()
+    inner = prefix + _PREFIX
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]
 
 
 def _rename_in_place(
