@@ -30,6 +30,7 @@ from featwrap import _tree
 from featwrap.errors import FeatureModifiedError, MissingFeatureError, RepeatedCallError
 
 Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
 
 
 class Repeats(str, Enum):
@@ -159,7 +160,7 @@ class Recorder:
                 session.values[i] = session.capture_tree(i, output)
                 session.versions[i] = -1
             else:
-                session.values[i] = output.detach() if session.detach else output
+                session.values[i] = output.detach() if session.must_detach() else output
 
     def on_parent_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
         """Forward hook on the parent of layers that may repeat: they are final once it returns."""
@@ -260,6 +261,12 @@ class Session:
             )
         return False
 
+    def must_detach(self) -> bool:
+        """Detach on request, and for values made with grad off inside a forward with grad on:
+        a reentrant checkpoint's autograd.Function attaches a graph to its output later, after
+        the hook ran, which a copy made at capture would not have."""
+        return self.detach or (self.mode[1] and not _grad_enabled())
+
     def capture_copy(self, i: int, output: Any) -> Any:
         value = _tree.clone(output, self.detach)
         if self.probe:
@@ -271,7 +278,7 @@ class Session:
         versions = _tree.versions(output)
         if versions is not None:
             self.watched_trees.append((i, output, versions, None))
-        return _tree.detach(output) if self.detach else _tree.shallow(output)
+        return _tree.detach(output) if self.must_detach() else _tree.shallow(output)
 
     def parent_done(self, indices: tuple[int, ...]) -> None:
         for i in indices:
