@@ -162,7 +162,9 @@ class Recorder:
             else:
                 session.values[i] = output.detach() if session.must_detach() else output
 
-    def on_parent_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
+    def on_parent_output(
+        self, indices: tuple[int, ...], module: Any, args: Any, output: Any
+    ) -> None:
         """Forward hook on the parent of layers that may repeat: they are final once it returns."""
         session = self.traced
         if session is None or not torch.compiler.is_compiling():
@@ -232,7 +234,9 @@ class Session:
             if count and self._repeat_ignored(i, count):
                 continue
             if self.all_calls or i in self.copy or type(output) is not Tensor:
-                value = self.capture_copy(i, output) if i in self.copy else self.capture_tree(i, output)
+                value = (
+                    self.capture_copy(i, output) if i in self.copy else self.capture_tree(i, output)
+                )
                 if self.all_calls:
                     self.values[i].append(value)
                 else:
@@ -334,12 +338,9 @@ class Session:
         features: dict[str, Any] = {}
         if output_key is not None:
             features[output_key] = output
-        if self.all_calls:
-            values = [list(v) for v in self.values]
-        else:
-            values = self.values
+        values = [list(v) for v in self.values] if self.all_calls else self.values
         if 0 not in self.counts:  # every layer fired: the common case, at C speed
-            features.update(zip(rec.keys, values))
+            features.update(zip(rec.keys, values, strict=False))
             return features
         missing: list[str] = []
         for i, key in enumerate(rec.keys):

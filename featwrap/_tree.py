@@ -49,7 +49,9 @@ def map_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
         mapped = {k: map_tensors(fn, v) for k, v in value.items()}
         return mapped if type(value) is dict else _rebuild(value, mapped)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: map_tensors(fn, getattr(value, f.name)) for f in dataclasses.fields(value)}
+        changes = {
+            f.name: map_tensors(fn, getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
         try:
             return dataclasses.replace(value, **changes)
         except (TypeError, ValueError):  # init=False fields and the like: copy field by field

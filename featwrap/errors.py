@@ -99,7 +99,11 @@ def backbone_error_class(error_type: type[Exception]) -> type[BackboneError]:
 
 def __getattr__(name: str) -> type[BackboneError]:
     """Create ``BackboneValueError`` and friends on demand (so that unpickling finds them)."""
-    builtin = getattr(builtins, name.removeprefix("Backbone"), None) if name.startswith("Backbone") else None
+    builtin = (
+        getattr(builtins, name.removeprefix("Backbone"), None)
+        if name.startswith("Backbone")
+        else None
+    )
     if isinstance(builtin, type) and issubclass(builtin, Exception):
         return backbone_error_class(builtin)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

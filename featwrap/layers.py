@@ -63,7 +63,9 @@ def is_glob(path: str) -> bool:
     return not _GLOB_CHARS.isdisjoint(path)
 
 
-def resolve_layers(model: nn.Module, layers: LayerSpec, output_key: str | None) -> list[ResolvedLayer]:
+def resolve_layers(
+    model: nn.Module, layers: LayerSpec, output_key: str | None
+) -> list[ResolvedLayer]:
     """Turn a ``layers`` argument into ``(key, path, module)`` triples, in request order.
 
     Globs expand in ``named_modules()`` order at the place where they stand in the request.

@@ -104,13 +104,11 @@ class FeatureModel(nn.Module):
         )
         self._handles: list[RemovableHandle] = []
         self._removed = False
-        self._register(
-            [r.module for r in resolved], self._recorder.on_output, self._handles
-        )
+        self._register([r.module for r in resolved], self._recorder.on_output, self._handles)
         self._register(parents, self._recorder.on_parent_output, self._handles)
-        self.register_state_dict_post_hook(_strip_prefix)
-        self.register_load_state_dict_pre_hook(_add_prefix)
-        self.register_load_state_dict_post_hook(_report_backbone_keys)
+        self.register_state_dict_post_hook(_strip_prefix)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(_add_prefix)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_post_hook(_report_backbone_keys)  # type: ignore[no-untyped-call]
         self._loading_prefixes: list[str] = []
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
@@ -205,13 +203,12 @@ class FeatureModel(nn.Module):
         self.remove_hooks()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
-        state.pop("_finalizer", None)
+        state = self.__dict__.copy()
+        state.pop("_finalizer", None)  # a finalizer cannot be copied; __setstate__ makes one
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
 
@@ -280,7 +277,7 @@ def _add_prefix(
     module._loading_prefixes.append(prefix)  # for _report_backbone_keys, which gets no prefix
 
 
-def _report_backbone_keys(module: nn.Module, incompatible: Any) -> None:
+def _report_backbone_keys(module: FeatureModel, incompatible: Any) -> None:
     """Name missing and unexpected keys as the backbone's own, in strict-load errors too."""
     prefix = module._loading_prefixes.pop()
     inner = prefix + _PREFIX

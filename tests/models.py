@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import namedtuple
@@ -173,7 +174,9 @@ class KwargsOnly(nn.Module):
         self.txt = nn.Linear(3, 4)
         self.fuse = nn.Linear(8, 2)
 
-    def forward(self, *, image: torch.Tensor, text: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    def forward(
+        self, *, image: torch.Tensor, text: torch.Tensor, scale: float = 1.0
+    ) -> dict[str, torch.Tensor]:
         fused = self.fuse(torch.cat([self.img(image), self.txt(text)], dim=1)) * scale
         return {"score": fused, "image_embedding": self.img(image)}
 
@@ -189,10 +192,8 @@ class Slow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.a(x)
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             self.entered.wait()
-        except threading.BrokenBarrierError:
-            pass
         time.sleep(0.01)
         return self.b(y)
 
@@ -221,5 +222,5 @@ class Failing(nn.Module):
         self.b = nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.a(x)
+        self.a(x)
         raise self.error

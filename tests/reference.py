@@ -47,7 +47,9 @@ def recording(model: nn.Module, paths: list[str]) -> Iterator[dict[str, list[Any
             h.remove()
 
 
-def reference(model: nn.Module, paths: list[str], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, list[Any]]]:
+def reference(
+    model: nn.Module, paths: list[str], *args: Any, **kwargs: Any
+) -> tuple[Any, dict[str, list[Any]]]:
     """Run ``model`` once; return its output and every call's cloned output per path."""
     with recording(model, paths) as calls:
         out = model(*args, **kwargs)
@@ -70,13 +72,15 @@ def assert_same(actual: Any, expected: Any, exact: bool = True) -> None:
             assert_same(getattr(actual, f.name), getattr(expected, f.name), exact)
         return
     if isinstance(expected, (tuple, list)):
-        assert isinstance(actual, (tuple, list)) and len(actual) == len(expected), (actual, expected)
+        assert isinstance(actual, (tuple, list)), type(actual)
+        assert len(actual) == len(expected), (len(actual), len(expected))
         assert type(actual) is type(expected), (type(actual), type(expected))
         for a, e in zip(actual, expected, strict=True):
             assert_same(a, e, exact)
         return
     if isinstance(expected, dict):
-        assert isinstance(actual, dict) and list(actual) == list(expected)
+        assert isinstance(actual, dict)
+        assert list(actual) == list(expected)
         for k in expected:
             assert_same(actual[k], expected[k], exact)
         return

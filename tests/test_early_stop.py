@@ -52,7 +52,8 @@ def test_repeated_layer_waits_for_its_parent(resnet18) -> None:
         for h in handles:
             h.remove()
     assert_same(last, calls[path][1])
-    assert len(every) == 2 and all(torch.equal(a, b) for a, b in zip(every, calls[path], strict=True))
+    assert len(every) == 2
+    assert all(torch.equal(a, b) for a, b in zip(every, calls[path], strict=True))
     assert_same(first, calls[path][0])
     assert counts == {"layer1.1": 0, "layer2": 0}
 
@@ -87,4 +88,5 @@ def test_early_stop_inside_user_try_except() -> None:
     model = Guarded()
     x = torch.randn(1, 2)
     out = FeatureModel(model, "a", output_key=None)(x)
-    assert torch.equal(out["a"], model.a(x)) and not model.ran_b
+    assert torch.equal(out["a"], model.a(x))
+    assert not model.ran_b

@@ -9,7 +9,7 @@ from torch import nn
 
 from featwrap import FeatureModel, FeatureModifiedError
 from tests.models import ConditionalInplace, InplaceChain, Structured
-from tests.reference import assert_same, reference, recording
+from tests.reference import assert_same, recording, reference
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -137,4 +137,5 @@ def test_identity_module_returning_its_input() -> None:
         out = fm(x)
         _, calls = reference(model, ["lin", "id"], x)
         assert (out["id"] < 0).any()
-        assert torch.equal(out["id"], calls["id"][0]) and torch.equal(out["lin"], calls["lin"][0])
+        assert torch.equal(out["id"], calls["id"][0])
+        assert torch.equal(out["lin"], calls["lin"][0])

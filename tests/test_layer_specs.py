@@ -40,7 +40,8 @@ def test_tuple_and_dict_aliases(resnet18) -> None:
     out = FeatureModel(resnet18, {"layer4": "c5", "layer1": "c2"})(x)
     assert list(out) == ["logits", "c5", "c2"]
     plain = FeatureModel(resnet18, ("layer4", "layer1"))(x)
-    assert torch.equal(out["c5"], plain["layer4"]) and torch.equal(out["c2"], plain["layer1"])
+    assert torch.equal(out["c5"], plain["layer4"])
+    assert torch.equal(out["c2"], plain["layer1"])
 
 
 def test_glob_expands_in_named_modules_order_at_its_place(resnet18) -> None:
@@ -82,11 +83,14 @@ def test_unknown_path_suggests_close_match(resnet18) -> None:
     with pytest.raises(LayerNotFoundError, match=r"Did you mean 'layer3.0.downsample.1'\?") as info:
         FeatureModel(resnet18, ["layer3.0.downsampl.1"])
     assert "list_layers" in str(info.value)
-    assert isinstance(info.value, ValueError) and isinstance(info.value, FeatwrapError)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, FeatwrapError)
 
 
 def test_unknown_path_names_the_value(resnet18) -> None:
-    with pytest.raises(ValueError, match=r"'layer5' is not a submodule of ResNet. Did you mean 'layer4'"):
+    with pytest.raises(
+        ValueError, match=r"'layer5' is not a submodule of ResNet. Did you mean 'layer4'"
+    ):
         FeatureModel(resnet18, "layer5")
 
 
@@ -102,7 +106,7 @@ def test_glob_matching_nothing(resnet18) -> None:
 
 
 def test_two_layers_one_key(resnet18) -> None:
-    with pytest.raises(LayerSpecError, match="'layer1'.*requested twice"):
+    with pytest.raises(LayerSpecError, match=r"'layer1'.*requested twice"):
         FeatureModel(resnet18, ["layer1", "layer1"])
     with pytest.raises(LayerSpecError, match="map to one key"):
         FeatureModel(resnet18, {"layer1": "x", "layer2": "x"})
@@ -137,8 +141,16 @@ def test_root_path_rejected(resnet18) -> None:
         ({"layers": 3}, TypeError, "layers must be a path string"),
         ({"layers": ["layer1", 2]}, TypeError, "got int: 2"),
         ({"layers": {"layer1": 5}}, TypeError, "alias strings"),
-        ({"repeats": "most"}, ValueError, "repeats='most' is not one of 'last', 'first', 'all', 'error'"),
-        ({"missing": "ignore"}, ValueError, "missing='ignore' is not one of 'error', 'skip', 'none'"),
+        (
+            {"repeats": "most"},
+            ValueError,
+            "repeats='most' is not one of 'last', 'first', 'all', 'error'",
+        ),
+        (
+            {"missing": "ignore"},
+            ValueError,
+            "missing='ignore' is not one of 'error', 'skip', 'none'",
+        ),
         ({"output_key": 1}, TypeError, "output_key must be a string or None"),
         ({"detach": "yes"}, TypeError, "detach must be True or False"),
     ],
@@ -155,4 +167,5 @@ def test_string_enums_accept_enum_members(resnet18) -> None:
     from featwrap._capture import Missing, Repeats
 
     fm = FeatureModel(resnet18, "layer1", repeats=Repeats.FIRST, missing=Missing.SKIP)
-    assert fm.repeats == "first" and fm.missing == "skip"
+    assert fm.repeats == "first"
+    assert fm.missing == "skip"

@@ -36,7 +36,8 @@ def test_load_backbone_checkpoint_strict(tmp_path) -> None:
     torch.save(source.state_dict(), path)
     fm = FeatureModel(make_resnet18(weights=None), ["layer1"])
     result = fm.load_state_dict(torch.load(path), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    assert not result.missing_keys
+    assert not result.unexpected_keys
     for k, v in source.state_dict().items():
         assert torch.equal(fm.backbone.state_dict()[k], v)
     # and back: a FeatureModel checkpoint loads into a plain backbone
@@ -51,7 +52,9 @@ def test_strict_load_still_reports_bad_keys() -> None:
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*0\.bias"):
         fm.load_state_dict({"0.weight": torch.zeros(2, 2)})
     with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*"extra"'):
-        fm.load_state_dict({"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2), "extra": torch.zeros(1)})
+        fm.load_state_dict(
+            {"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2), "extra": torch.zeros(1)}
+        )
 
 
 def test_nested_in_a_bigger_model() -> None:
@@ -66,7 +69,8 @@ def test_nested_in_a_bigger_model() -> None:
     net = Net()
     keys = list(net.state_dict())
     assert keys[:2] == ["encoder.0.weight", "encoder.0.bias"]
-    assert "encoder.1.running_mean" in keys and keys[-2:] == ["head.weight", "head.bias"]
+    assert "encoder.1.running_mean" in keys
+    assert keys[-2:] == ["head.weight", "head.bias"]
     other = Net()
     other.load_state_dict(net.state_dict(), strict=True)
     assert torch.equal(other.encoder.backbone[0].weight, net.encoder.backbone[0].weight)
@@ -149,7 +153,8 @@ def test_no_tensor_kept_between_calls(resnet18) -> None:
             for name, value in vars(obj).items():
                 if name not in ("_parameters", "_buffers", "_modules"):
                     assert not isinstance(value, torch.Tensor), name
-        assert fm._recorder._local.session is None and fm._recorder.traced is None
+        assert fm._recorder._local.session is None
+        assert fm._recorder.traced is None
         fm.remove_hooks()
 
 

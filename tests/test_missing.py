@@ -21,11 +21,12 @@ def branch_inputs(model: Conditional) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_missing_error_names_the_layer() -> None:
     model = Conditional()
-    pos, neg = branch_inputs(model)
+    pos, _neg = branch_inputs(model)
     fm = FeatureModel(model, ["pos", "neg"])
     with pytest.raises(MissingFeatureError, match="Layer 'neg' did not run") as info:
         fm(pos)
-    assert "missing='skip'" in str(info.value) and isinstance(info.value, RuntimeError)
+    assert "missing='skip'" in str(info.value)
+    assert isinstance(info.value, RuntimeError)
 
 
 def test_no_stale_value_from_an_earlier_call() -> None:
@@ -44,7 +45,7 @@ def test_no_stale_value_from_an_earlier_call() -> None:
 
 def test_missing_none() -> None:
     model = Conditional()
-    pos, neg = branch_inputs(model)
+    _pos, neg = branch_inputs(model)
     out = FeatureModel(model, ["stem", "pos", "neg"], missing="none")(neg)
     assert out["pos"] is None
     assert list(out) == ["logits", "stem", "pos", "neg"]

@@ -50,7 +50,8 @@ def test_structured_outputs_detached() -> None:
         _, calls = reference(model, layers, x)
         for k in layers:
             assert_same(out[k], calls[k][0])
-        assert not out["tup"][0].requires_grad and not out["dc"].extra[0].requires_grad
+        assert not out["tup"][0].requires_grad
+        assert not out["dc"].extra[0].requires_grad
         assert type(out["named"]).__name__ == "Pair"
 
 
@@ -59,7 +60,7 @@ def test_activation_checkpointing(use_reentrant: bool) -> None:
     model = Checkpointed(use_reentrant)
     layers = ["stem", "block.0", "block", "head"]
     x = torch.randn(3, 4, requires_grad=True)
-    with reference_grads(model, layers, x) as (expected_out, calls, expected_grads):
+    with reference_grads(model, layers, x) as (_expected_out, calls, expected_grads):
         pass
     fm = FeatureModel(model, layers)
     for _ in range(2):
@@ -76,7 +77,7 @@ def test_activation_checkpointing(use_reentrant: bool) -> None:
             assert_same(out[k], calls[k][0])
 
 
-class reference_grads:  # noqa: N801 - a tiny context manager for the test above
+class reference_grads:
     def __init__(self, model: nn.Module, layers: list[str], x: torch.Tensor) -> None:
         self.model, self.layers, self.x = model, layers, x
 
@@ -94,18 +95,23 @@ class reference_grads:  # noqa: N801 - a tiny context manager for the test above
 
 
 @pytest.mark.parametrize(
-    "error", [ValueError("bad shape"), RuntimeError("mat1 and mat2"), KeyError("missing"), IndexError("i")]
+    "error",
+    [ValueError("bad shape"), RuntimeError("mat1 and mat2"), KeyError("missing"), IndexError("i")],
 )
 def test_backbone_failure_reraised_with_fired_layers(error: Exception) -> None:
     fm = FeatureModel(Failing(error), ["a", "b"])
     with pytest.raises(type(error)) as info:
         fm(torch.randn(1, 4))
     raised = info.value
-    assert isinstance(raised, BackboneError) and isinstance(raised, FeatwrapError)
-    assert raised.__cause__ is error and raised.original is error
+    assert isinstance(raised, BackboneError)
+    assert isinstance(raised, FeatwrapError)
+    assert raised.__cause__ is error
+    assert raised.original is error
     assert raised.fired == ("a",)
     message = str(raised)
-    assert str(error) in message and "fired before the error: 'a'" in message and "'b'" in message
+    assert str(error) in message
+    assert "fired before the error: 'a'" in message
+    assert "'b'" in message
     assert fm._recorder._local.session is None  # and the next call works as usual
     copy = pickle.loads(pickle.dumps(raised))
     assert type(copy) is type(raised)

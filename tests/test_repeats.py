@@ -16,7 +16,8 @@ def test_basicblock_relu_runs_twice(resnet18) -> None:
     _, calls = reference(resnet18, [path], x)
     assert len(calls[path]) == 2
     out_all = FeatureModel(resnet18, [path], repeats="all")(x)[path]
-    assert isinstance(out_all, list) and len(out_all) == 2
+    assert isinstance(out_all, list)
+    assert len(out_all) == 2
     for got, want in zip(out_all, calls[path], strict=True):
         assert_same(got, want)
     assert_same(FeatureModel(resnet18, path)(x)[path], calls[path][1])  # "last" is the default

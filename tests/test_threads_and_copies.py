@@ -49,9 +49,12 @@ def test_deepcopy_captures_from_its_own_backbone(resnet18) -> None:
     assert torch.equal(out_orig["layer1"], before["layer1"])
     assert not torch.equal(out_copy["layer1"], out_orig["layer1"])
     with torch.no_grad():
-        assert torch.equal(out_copy["layer1"], ema.backbone.layer1(
-            ema.backbone.maxpool(ema.backbone.relu(ema.backbone.bn1(ema.backbone.conv1(x))))
-        ))
+        assert torch.equal(
+            out_copy["layer1"],
+            ema.backbone.layer1(
+                ema.backbone.maxpool(ema.backbone.relu(ema.backbone.bn1(ema.backbone.conv1(x))))
+            ),
+        )
     ema.remove_hooks()  # removes the copy's hooks only
     assert list(fm(x)) == ["logits", "layer1", "bn1"]
     fm.remove_hooks()
@@ -66,7 +69,8 @@ def test_torch_save_and_load(resnet18) -> None:
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     out = loaded(x)
-    assert list(out) == list(expected) and loaded.repeats == "first"
+    assert list(out) == list(expected)
+    assert loaded.repeats == "first"
     for k in expected:
         assert torch.equal(out[k], expected[k])
     clone = pickle.loads(pickle.dumps(fm))
