@@ -12,7 +12,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from featwrap import FeatureModel
 from tests.reference import reference
-from tests.zoo import TV_HUGE, TV_KWARGS, TV_SIZE, check_against_reference, sample_layers
+from tests.zoo import TV_KWARGS, TV_SIZE, check_against_reference, sample_layers
 
 TV_QUICK = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "vit_b_16"]
 TV_ALL = sorted(tvm.list_models(module=tvm))
@@ -89,8 +89,6 @@ def test_timm_quick(name: str) -> None:
 @pytest.mark.zoo
 @pytest.mark.parametrize("name", [n for n in TV_ALL if n not in TV_QUICK])
 def test_torchvision_zoo(name: str) -> None:
-    if name in TV_HUGE:
-        pytest.skip("hundreds of millions of parameters: too big for a CPU test run")
     model, x = build_tv(name)
     check_against_reference(model, x, sample_layers(model))
 

@@ -27,8 +27,6 @@ TV_SIZE: dict[str, int] = {
     "vit_l_32": 32,
     "vit_h_14": 28,
 }
-# the largest models (hundreds of millions of parameters) only run in the full sweep
-TV_HUGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf"}
 
 
 def sample_layers(model: nn.Module, n: int = 14) -> list[str]:
