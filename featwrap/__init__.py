@@ -5,7 +5,6 @@
 
 from featwrap.errors import (
     BackboneError,
-    FeatureModifiedError,
     FeatwrapError,
     HooksRemovedError,
     LayerNotFoundError,
@@ -21,7 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneError",
     "FeatureModel",
-    "FeatureModifiedError",
     "FeatwrapError",
     "HooksRemovedError",
     "LayerNotFoundError",

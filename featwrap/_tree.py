@@ -6,27 +6,12 @@ Kept small and fast on purpose: the common case (a bare tensor) never enters the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 Tensor = torch.Tensor
-
-
-def tensors(value: Any) -> Iterator[Tensor]:
-    """Every tensor inside ``value``, depth first, in a stable order."""
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from tensors(item)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from tensors(getattr(value, field.name))
 
 
 def map_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
@@ -73,21 +58,26 @@ def _rebuild(original: Any, items: Any) -> Any:
         return type(items)(items) if not isinstance(original, tuple) else tuple(items)
 
 
-def versions(value: Any) -> tuple[int, ...] | None:
-    """The version counters of the tensors in ``value``; ``None`` when one has none.
+def snapshot(value: Any, detach: bool) -> Any:
+    """A copy-on-write snapshot of every tensor in ``value`` (structures rebuilt).
 
-    Inference tensors (made under ``torch.inference_mode``) do not count versions.
+    A snapshot shares memory with the original until either is written to in place; then the
+    writer copies first. Tensors without copy-on-write support (sparse, nested) are cloned.
     """
-    if isinstance(value, Tensor):
-        if value.is_inference():
-            return None
-        return (value._version,)
-    out: list[int] = []
-    for t in tensors(value):
-        if t.is_inference():
-            return None
-        out.append(t._version)
-    return tuple(out)
+    if detach:
+        return map_tensors(_detached_snapshot, value)
+    return map_tensors(_snapshot, value)
+
+
+def _snapshot(t: Tensor) -> Tensor:
+    try:
+        return torch._lazy_clone(t)
+    except (NotImplementedError, RuntimeError):
+        return t.clone()
+
+
+def _detached_snapshot(t: Tensor) -> Tensor:
+    return _snapshot(t.detach())
 
 
 def clone(value: Any, detach: bool) -> Any:
@@ -97,31 +87,5 @@ def clone(value: Any, detach: bool) -> Any:
     return map_tensors(torch.Tensor.clone, value)
 
 
-def detach(value: Any) -> Any:
-    """``value`` with every tensor detached (structures rebuilt)."""
-    if isinstance(value, Tensor):
-        return value.detach()
-    return map_tensors(torch.Tensor.detach, value)
-
-
-def shallow(value: Any) -> Any:
-    """``value`` itself if it is a tensor, else a rebuilt structure sharing its tensors."""
-    if isinstance(value, Tensor):
-        return value
-    return map_tensors(_identity, value)
-
-
-def equal(a: Any, b: Any) -> bool:
-    """Whether two structures hold tensors with the same values (used on inference tensors)."""
-    ta, tb = list(tensors(a)), list(tensors(b))
-    return len(ta) == len(tb) and all(
-        x.shape == y.shape and bool(torch.equal(x, y)) for x, y in zip(ta, tb, strict=True)
-    )
-
-
 def _detached_clone(t: Tensor) -> Tensor:
     return t.detach().clone()
-
-
-def _identity(t: Tensor) -> Tensor:
-    return t
