@@ -73,7 +73,7 @@ class _Local(threading.local):
 
 
 class Recorder:
-    """Per-FeatureModel state shared by its hooks: the layer keys, options and what was learned.
+    """Per-FeatureModel state shared by its hooks: the layer keys and options.
 
     Holds no tensor between calls: sessions are per call and dropped when the call ends.
     """
