@@ -92,8 +92,11 @@ class Recorder:
         missing: Missing,
         stop_early: bool,
         wait_for_parent: Sequence[bool],
+        selectors: Sequence[Any] = (),
     ) -> None:
         self.keys = tuple(keys)
+        # per key: the ``select`` of a Capture (used by on_selected_output and on_input only)
+        self.selectors = tuple(selectors) or (None,) * len(self.keys)
         self.repeats = repeats
         self.detach = detach
         self.missing = missing
@@ -161,6 +164,31 @@ class Recorder:
                 session.versions[i] = -1
             else:
                 session.values[i] = output.detach() if session.must_detach() else output
+
+    def on_selected_output(
+        self, indices: tuple[int, ...], module: Any, args: Any, output: Any
+    ) -> None:
+        """Forward hook for layers captured with a selector: record the selected part."""
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+            if session is None:
+                return
+        for i in indices:
+            session.record((i,), _tree.select_output(output, self.selectors[i], self.keys[i]))
+
+    def on_input(
+        self, indices: tuple[int, ...], module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Forward pre-hook (with kwargs) for inputs: record the argument before the module runs,
+        so that an in-place op of the module itself is caught by the version check."""
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+            if session is None:
+                return
+        for i in indices:
+            session.record((i,), _tree.select_input(args, kwargs, self.selectors[i], self.keys[i]))
 
     def on_parent_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
