@@ -183,38 +183,65 @@ def _real_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> An
 
 
 def _spatial_of(inputs: Any) -> tuple[int, ...]:
-    """Spatial dims of the first input tensor: ``(N, C, *spatial)``, or ``(N, L)`` token ids."""
+    """Spatial dims of the first input tensor: ``(N, C, *spatial)`` images and volumes, or
+    ``(N, L)`` token ids. A 3-d float input is ``(N, C, L)`` or ``(N, L, D)``: unknown, so none
+    (pass ``input_size=(C, L)`` for a signal)."""
     first = next(_tree.tensors(inputs), None)
     if first is None:
         return ()
-    if first.dim() >= 3:
+    if first.dim() >= 4:
         return tuple(first.shape[2:])
     if first.dim() == 2 and not first.is_floating_point():
         return (first.shape[1],)
     return ()
 
 
-# -- the model's Python state: a forward may cache a tensor on a module (a mask, a grid) -------
-_Saved = list[tuple[nn.Module, dict[str, Any]]]
+# -- the model's Python state: a forward may cache a tensor on a module (a mask, a grid, timm's
+# attention-bias cache dict); a fake tensor left there would break the next real forward.
+_Saved = list[tuple[nn.Module, dict[str, Any], dict[int, Any]]]
 
 
 def _python_state(model: nn.Module) -> _Saved:
-    return [(m, dict(m.__dict__)) for m in model.modules()]
+    """Each module's attributes, and a shallow copy of the contents of its dict/list attributes."""
+    saved: _Saved = []
+    for module in model.modules():
+        attrs = dict(module.__dict__)
+        contents = {
+            id(v): (dict(v) if isinstance(v, dict) else list(v))
+            for k, v in attrs.items()
+            if isinstance(v, (dict, list)) and k not in _MODULE_INTERNALS
+        }
+        saved.append((module, attrs, contents))
+    return saved
 
 
 def _restore_python_state(saved: _Saved) -> None:
-    """Undo any attribute a fake run set to a fake tensor (so that a later real forward does not
-    meet a tensor without data)."""
+    """Undo what a fake run left behind: attributes set to fake tensors, fake tensors put into
+    a module's dicts or lists."""
     from torch._subclasses.fake_tensor import FakeTensor
 
-    for module, before in saved:
+    def has_fake(value: Any) -> bool:
+        return any(isinstance(t, FakeTensor) for t in _tree.tensors(value))
+
+    for module, before, contents in saved:
         now = module.__dict__
         for name in list(now):
             value = now[name]
             if name in before and value is before[name]:
-                continue
-            if any(isinstance(t, FakeTensor) for t in _tree.tensors(value)):
+                if id(value) in contents and has_fake(value):
+                    old = contents[id(value)]
+                    value.clear()
+                    if isinstance(value, dict):
+                        value.update(old)
+                    else:
+                        value.extend(old)
+            elif has_fake(value):
                 if name in before:
                     now[name] = before[name]
                 else:
                     del now[name]
+
+
+_MODULE_INTERNALS = frozenset(
+    name for name, value in vars(nn.Module()).items() if isinstance(value, (dict, list))
+)

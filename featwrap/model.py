@@ -42,7 +42,11 @@ class FeatureModel(nn.Module):
         backbone: any ``torch.nn.Module``. ``fm.backbone`` is this very object.
         layers: module paths as listed by :func:`featwrap.list_layers` (``"layer3.0.downsample.1"``),
             a single path, fnmatch globs (``"layer*"``, expanded in ``named_modules()`` order) or a
-            dict ``{path: alias}`` whose aliases become the keys.
+            dict ``{path: alias}`` whose aliases become the keys. ``"fc:input"`` is what ``fc``
+            was called with (the pooled embedding); :class:`featwrap.Capture` picks a module's
+            input or one part of a structured output (``Capture("attn", select=0)``).
+            ``featwrap.stages(model)`` gives the multi-scale stages of timm and torchvision
+            models.
         output_key: the key of the backbone's own return value, which comes first. ``None`` leaves
             it out, and the forward then stops as soon as every requested layer has produced its
             value: later modules do not run.
