@@ -12,21 +12,33 @@ from featwrap.errors import (
     MissingFeatureError,
     RepeatedCallError,
 )
-from featwrap.layers import LayerSpec, list_layers
+from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta, feature_info
+from featwrap.layers import Capture, LayerSpec, list_layers
 from featwrap.model import FeatureModel
+from featwrap.stages import stages
+from featwrap.summary import LayerRow, LayerSummary, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneError",
+    "Capture",
+    "DryRunWarning",
+    "FeatureInfo",
+    "FeatureMeta",
     "FeatureModel",
     "FeatwrapError",
     "HooksRemovedError",
     "LayerNotFoundError",
+    "LayerRow",
     "LayerSpec",
     "LayerSpecError",
+    "LayerSummary",
     "MissingFeatureError",
     "RepeatedCallError",
     "__version__",
+    "feature_info",
     "list_layers",
+    "stages",
+    "summary",
 ]

@@ -86,13 +86,18 @@ class Recorder:
         missing: Missing,
         stop_early: bool,
         wait_for_parent: Sequence[bool],
+        selectors: Sequence[Any] = (),
     ) -> None:
         self.keys = tuple(keys)
+        # per key: the ``select`` of a Capture (used by on_selected_output and on_input only)
+        self.selectors = tuple(selectors) or (None,) * len(self.keys)
         self.repeats = repeats
         self.detach = detach
         self.missing = missing
         self.stop_early = stop_early
         self.wait_for_parent = tuple(wait_for_parent)
+        # keys whose output a later in-place op modified in the last forward (for summaries)
+        self.last_modified: frozenset[int] = frozenset()
         self.traced: Session | None = None
         self._local = _Local()
 
@@ -146,6 +151,31 @@ class Recorder:
                 session.own[i] = None if session.grad and not _grad_enabled() else output
             return
         session.record(indices, output)
+
+    def on_selected_output(
+        self, indices: tuple[int, ...], module: Any, args: Any, output: Any
+    ) -> None:
+        """Forward hook for layers captured with a selector: record the selected part."""
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+            if session is None:
+                return
+        for i in indices:
+            session.record((i,), _tree.select_output(output, self.selectors[i], self.keys[i]))
+
+    def on_input(
+        self, indices: tuple[int, ...], module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Forward pre-hook (with kwargs) for inputs: record the argument before the module runs,
+        so that an in-place op of the module itself is caught by the version check."""
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+            if session is None:
+                return
+        for i in indices:
+            session.record((i,), _tree.select_input(args, kwargs, self.selectors[i], self.keys[i]))
 
     def on_parent_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
@@ -268,9 +298,14 @@ class Session:
             return [list(v) for v in self.values]
         values = self.values
         versions = self.versions
+        modified = []
         for i, own in enumerate(self.own):
-            if own is not None and own._version == versions[i]:
-                values[i] = own
+            if own is not None:
+                if own._version == versions[i]:
+                    values[i] = own
+                else:
+                    modified.append(i)
+        self.recorder.last_modified = frozenset(modified)
         if self.recorder.detach and not self.traced:
             return [v.detach() if type(v) is Tensor else v for v in values]
         return values

@@ -6,12 +6,29 @@ Kept small and fast on purpose: the common case (a bare tensor) never enters the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
+from featwrap.errors import LayerSpecError
+
 Tensor = torch.Tensor
+
+
+def tensors(value: Any) -> Iterator[Tensor]:
+    """Every tensor inside ``value``, depth first, in a stable order."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from tensors(getattr(value, field.name))
 
 
 def map_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
@@ -89,3 +106,56 @@ def clone(value: Any, detach: bool) -> Any:
 
 def _detached_clone(t: Tensor) -> Tensor:
     return t.detach().clone()
+
+
+# -- selectors: one part of a captured value (featwrap.Capture(select=...)) ----------------------
+def select_output(value: Any, selector: Any, key: str) -> Any:
+    """The part of a module's output named by ``selector`` (None: all of it)."""
+    if selector is None:
+        return value
+    if callable(selector):
+        return selector(value)
+    try:
+        if isinstance(selector, int) or isinstance(value, Mapping):
+            return value[selector]
+        return getattr(value, selector)
+    except (IndexError, KeyError, AttributeError, TypeError) as error:
+        raise LayerSpecError(
+            f"select={selector!r} for layer {key!r} does not fit its output, {describe(value)} "
+            f"({type(error).__name__}: {error}). Pick an index, key or attribute it has, or pass "
+            "a callable."
+        ) from None
+
+
+def select_input(args: tuple[Any, ...], kwargs: dict[str, Any], selector: Any, key: str) -> Any:
+    """The argument named by ``selector`` (None: the first positional argument)."""
+    if callable(selector):
+        return selector(*args, **kwargs)
+    if selector is None:
+        if args:
+            return args[0]
+        if len(kwargs) == 1:
+            return next(iter(kwargs.values()))
+    elif isinstance(selector, int) and -len(args) <= selector < len(args):
+        return args[selector]
+    elif isinstance(selector, str) and selector in kwargs:
+        return kwargs[selector]
+    raise LayerSpecError(
+        f"select={selector!r} for the input of layer {key!r} does not fit the call: "
+        f"{len(args)} positional argument(s) and keyword argument(s) {sorted(kwargs)}. Pick a "
+        "positional index or a keyword name it has, or pass a callable fn(*args, **kwargs)."
+    )
+
+
+def describe(value: Any) -> str:
+    """A short description of a structure for error messages: its type and its keys or length."""
+    name = type(value).__name__
+    if isinstance(value, Mapping):
+        return f"a {name} with keys {list(value)[:8]}"
+    if isinstance(value, (tuple, list)):
+        return f"a {name} of length {len(value)}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return f"a {name} with fields {[f.name for f in dataclasses.fields(value)]}"
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {name}"

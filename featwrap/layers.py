@@ -4,30 +4,104 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from torch import nn
 
 from featwrap.errors import FeatwrapTypeError, LayerNotFoundError, LayerSpecError
 
-__all__ = ["LayerSpec", "ResolvedLayer", "list_layers", "resolve_layers"]
+__all__ = ["Capture", "LayerSpec", "ResolvedLayer", "Selector", "list_layers", "resolve_layers"]
 
-#: What ``FeatureModel`` accepts as ``layers``: one path or glob, a sequence of them, or a mapping
-#: ``{path: alias}`` whose values become the keys of the returned dict.
-LayerSpec: TypeAlias = str | Sequence[str] | Mapping[str, str]
+#: Picks one part of a captured value: an index (``0``), a key or attribute name (``"last_hidden"``)
+#: or a callable applied to the value.
+Selector: TypeAlias = int | str | Callable[..., Any]
 
 _GLOB_CHARS = frozenset("*?[")
+_INPUT_SUFFIX = ":input"
+_OUTPUT_SUFFIX = ":output"
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One layer to capture, when a plain path is not enough: its input, or one part of its output.
+
+    Args:
+        path: the module path (or an fnmatch glob), as for a plain layer.
+        key: the key in the returned dict; by default the path, with ``":input"`` appended for an
+            input. A glob that matches several modules takes no key.
+        input: capture what the module was called with instead of what it returned. The value is
+            taken when the module is entered, so a module that modifies its input in place
+            (``ReLU(inplace=True)``) does not change it: the input of ``fc`` is the pooled
+            embedding, the input of ``relu`` is the pre-activation.
+        select: for an output, picks one part of it: an ``int`` indexes a tuple or list (``0`` of
+            ``nn.MultiheadAttention``'s ``(out, weights)``), a ``str`` is a key of a dict or an
+            attribute (dataclasses, ``ModelOutput``), a callable receives the output. For an input,
+            an ``int`` picks a positional argument, a ``str`` a keyword argument and a callable
+            receives the arguments as ``fn(*args, **kwargs)``; by default an input is the first
+            positional argument. Without ``select`` an output is returned whole, structures
+            included; either way ``detach`` and the in-place-safe copy apply to every tensor
+            inside the value.
+
+    The string ``"fc:input"`` is a shorthand for ``Capture("fc", input=True)`` (with key
+    ``"fc:input"``), usable anywhere a path is: in a list, or as a key of an alias dict.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from featwrap import FeatureModel
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    >>> fm = FeatureModel(net, ["1:input", Capture("1", key="relu")])
+    >>> out = fm(torch.randn(3, 4))
+    >>> bool((out["1:input"] < 0).any()), bool((out["relu"] >= 0).all())
+    (True, True)
+    """
+
+    path: str
+    key: str | None = None
+    input: bool = False
+    select: Selector | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            raise FeatwrapTypeError(
+                f"Capture path must be a module path string, got {type(self.path).__name__}: "
+                f"{self.path!r:.80}"
+            )
+        if self.key is not None and not isinstance(self.key, str):
+            raise FeatwrapTypeError(f"Capture key must be a string or None, got {self.key!r:.80}")
+        if not isinstance(self.input, bool):
+            raise FeatwrapTypeError(f"Capture input must be True or False, got {self.input!r}")
+        sel = self.select
+        if sel is not None and (
+            isinstance(sel, bool) or not (isinstance(sel, (int, str)) or callable(sel))
+        ):
+            raise FeatwrapTypeError(
+                f"Capture select must be an int (index), a str (key or attribute) or a callable, "
+                f"got {type(sel).__name__}: {sel!r:.80}"
+            )
+
+    def default_key(self, path: str) -> str:
+        return path + _INPUT_SUFFIX if self.input else path
+
+
+#: What ``FeatureModel`` accepts as ``layers``: one path or glob (``"layer*"``, ``"fc:input"``) or
+#: :class:`Capture`, a sequence of them, or a mapping ``{path: alias}`` whose values become keys.
+LayerSpec: TypeAlias = str | Capture | Sequence[str | Capture] | Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class ResolvedLayer:
-    """One requested layer: the key it is returned under, its path and the module itself."""
+    """One requested layer: the key it is returned under, its path and the module itself.
+
+    ``input`` and ``select`` come from a :class:`Capture` (or the ``":input"`` shorthand).
+    """
 
     key: str
     path: str
     module: nn.Module
+    input: bool = False
+    select: Selector | None = None
 
 
 def list_layers(model: nn.Module, pattern: str | None = None) -> list[str]:
@@ -80,7 +154,10 @@ def resolve_layers(
         )
     all_paths = [name for name, _ in model.named_modules() if name]
     resolved: list[ResolvedLayer] = []
-    for path, alias in pairs:
+    for item, alias in pairs:
+        capture = _as_capture(item, all_paths)
+        key = alias or capture.key
+        path = capture.path
         if is_glob(path):
             matches = [p for p in all_paths if fnmatch.fnmatchcase(p, path)]
             if not matches:
@@ -88,40 +165,56 @@ def resolve_layers(
                     f"The glob {path!r} matches no submodule of {type(model).__name__}. "
                     f"{_hint(model)}"
                 )
-            if alias is not None and len(matches) > 1:
+            if key is not None and len(matches) > 1:
                 raise LayerSpecError(
                     f"The glob {path!r} matches {len(matches)} layers ({_short(matches)}) but is "
-                    f"given the single alias {alias!r}. Use a plain path per alias, or pass the "
+                    f"given the single key {key!r}. Use a plain path per alias, or pass the "
                     "glob in a list to keep the paths as keys."
                 )
-            resolved += [ResolvedLayer(alias or p, p, model.get_submodule(p)) for p in matches]
+            found = [(p, model.get_submodule(p)) for p in matches]
         else:
-            resolved.append(ResolvedLayer(alias or path, path, _get_module(model, path, all_paths)))
+            found = [(path, _get_module(model, path, all_paths))]
+        resolved += [
+            ResolvedLayer(key or capture.default_key(p), p, m, capture.input, capture.select)
+            for p, m in found
+        ]
     _check_keys(resolved, output_key)
     return resolved
 
 
-def _path_alias_pairs(layers: LayerSpec) -> list[tuple[str, str | None]]:
-    if isinstance(layers, str):
+def _as_capture(item: str | Capture, all_paths: list[str]) -> Capture:
+    """A Capture for a list item: ``"fc:input"`` is the input of ``fc`` unless a module has that
+    very path."""
+    if isinstance(item, Capture):
+        return item
+    if item.endswith(_INPUT_SUFFIX) and item not in all_paths:
+        return Capture(item[: -len(_INPUT_SUFFIX)], input=True)
+    return Capture(item)
+
+
+def _path_alias_pairs(layers: LayerSpec) -> list[tuple[str | Capture, str | None]]:
+    if isinstance(layers, (str, Capture)):
         return [(layers, None)]
     if isinstance(layers, Mapping):
-        pairs: list[tuple[str, str | None]] = []
+        pairs: list[tuple[str | Capture, str | None]] = []
         for path, alias in layers.items():
             if not isinstance(path, str) or not isinstance(alias, str):
                 raise FeatwrapTypeError(
                     "layers given as a dict must map path strings to alias strings, got "
-                    f"{path!r}: {alias!r}"
+                    f"{path!r}: {alias!r}. For an input or a selected part, use "
+                    "featwrap.Capture(path, key=alias, input=..., select=...) in a list."
                 )
             pairs.append((path, alias))
         return pairs
     if isinstance(layers, Sequence):
-        for path in layers:
-            if not isinstance(path, str):
+        for item in layers:
+            if not isinstance(item, (str, Capture)):
                 raise FeatwrapTypeError(
-                    f"layers must hold module path strings, got {type(path).__name__}: {path!r:.80}"
-                    ". Paths are the names of model.named_modules(), e.g. 'layer3.0.downsample.1'."
+                    f"layers must hold module path strings (or featwrap.Capture), got "
+                    f"{type(item).__name__}: {item!r:.80}. Paths are the names of "
+                    "model.named_modules(), e.g. 'layer3.0.downsample.1'."
                 )
-        return [(path, None) for path in layers]
+        return [(item, None) for item in layers]
     raise FeatwrapTypeError(
         "layers must be a path string, a list/tuple of paths or a dict {path: alias}, got "
         f"{type(layers).__name__}: {layers!r:.80}"

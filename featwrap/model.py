@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,7 +21,10 @@ from featwrap.errors import (
     HooksRemovedError,
     backbone_error_class,
 )
-from featwrap.layers import LayerSpec, resolve_layers
+from featwrap.layers import Capture, LayerSpec, resolve_layers
+
+if TYPE_CHECKING:
+    from featwrap.info import FeatureInfo
 
 __all__ = ["FeatureModel"]
 
@@ -38,7 +42,11 @@ class FeatureModel(nn.Module):
         backbone: any ``torch.nn.Module``. ``fm.backbone`` is this very object.
         layers: module paths as listed by :func:`featwrap.list_layers` (``"layer3.0.downsample.1"``),
             a single path, fnmatch globs (``"layer*"``, expanded in ``named_modules()`` order) or a
-            dict ``{path: alias}`` whose aliases become the keys.
+            dict ``{path: alias}`` whose aliases become the keys. ``"fc:input"`` is what ``fc``
+            was called with (the pooled embedding); :class:`featwrap.Capture` picks a module's
+            input or one part of a structured output (``Capture("attn", select=0)``).
+            ``featwrap.stages(model)`` gives the multi-scale stages of timm and torchvision
+            models.
         output_key: the key of the backbone's own return value, which comes first. ``None`` leaves
             it out, and the forward then stops as soon as every requested layer has produced its
             value: later modules do not run.
@@ -101,11 +109,22 @@ class FeatureModel(nn.Module):
             missing=missing_,
             stop_early=stop_early,
             wait_for_parent=[p is not None for p in parents],
+            selectors=[r.select for r in resolved],
+        )
+        self._captures = tuple(
+            Capture(r.path, key=r.key, input=r.input, select=r.select) for r in resolved
         )
         self._handles: list[RemovableHandle] = []
         self._removed = False
-        self._register([r.module for r in resolved], self._recorder.on_output, self._handles)
-        self._register(parents, self._recorder.on_parent_output, self._handles)
+        rec, handles = self._recorder, self._handles
+        plain = [r.module if not r.input and r.select is None else None for r in resolved]
+        selected = [r.module if not r.input and r.select is not None else None for r in resolved]
+        self._register(plain, rec.on_output, handles)
+        self._register(selected, rec.on_selected_output, handles)
+        self._register(
+            [r.module if r.input else None for r in resolved], rec.on_input, handles, pre=True
+        )
+        self._register(parents, rec.on_parent_output, handles)
         self.register_state_dict_post_hook(_strip_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_pre_hook(_add_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_post_hook(_report_backbone_keys)  # type: ignore[no-untyped-call]
@@ -114,7 +133,10 @@ class FeatureModel(nn.Module):
 
     @staticmethod
     def _register(
-        modules: list[nn.Module | None], method: Any, handles: list[RemovableHandle]
+        modules: list[nn.Module | None],
+        method: Any,
+        handles: list[RemovableHandle],
+        pre: bool = False,
     ) -> None:
         groups: dict[int, tuple[nn.Module, list[int]]] = {}
         for i, module in enumerate(modules):
@@ -122,7 +144,10 @@ class FeatureModel(nn.Module):
                 groups.setdefault(id(module), (module, []))[1].append(i)
         for module, indices in groups.values():
             hook = functools.partial(method, tuple(indices))
-            handles.append(module.register_forward_hook(hook))
+            if pre:
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(hook))
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -188,6 +213,25 @@ class FeatureModel(nn.Module):
         finally:
             recorder.traced = None
         return session.result(output, self.output_key)
+
+    # -- metadata ----------------------------------------------------------------------------------
+    def feature_info(
+        self, input_size: Sequence[int] | int | None = None, *, inputs: Any = None
+    ) -> FeatureInfo:
+        """Shape (without batch), channels and reduction of every returned key, for an input of
+        ``input_size`` (``(C, H, W)``), measured on fake tensors: no FLOPs, no memory, no buffer
+        changed. See :func:`featwrap.feature_info`.
+
+        >>> import torch
+        >>> from torchvision.models import resnet18
+        >>> fm = FeatureModel(resnet18(), ["layer1", "layer4"])
+        >>> info = fm.feature_info((3, 224, 224))
+        >>> info.channels(), info.reduction(), info["layer4"].shape
+        ([64, 512], [4, 32], (512, 7, 7))
+        """
+        from featwrap.info import feature_info
+
+        return feature_info(self, input_size, inputs=inputs)
 
     # -- hooks' lifetime -------------------------------------------------------------------------
     def remove_hooks(self) -> None:

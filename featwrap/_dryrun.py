@@ -1,0 +1,245 @@
+"""One forward that costs nothing: the backbone on fake tensors, with featwrap's own hooks.
+
+Used by :func:`featwrap.feature_info`, :func:`featwrap.summary` and :func:`featwrap.stages`. The
+run goes through a temporary FeatureModel (removed afterwards), so what it measures is what a
+FeatureModel with the same layers returns, including which outputs a later in-place op modifies
+(learned by the same version-counter probe as a real first call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from featwrap import _tree
+from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+
+if TYPE_CHECKING:
+    from featwrap.layers import LayerSpec
+
+_FAKE_BATCH = 2  # BatchNorm in train mode refuses a batch of one 1x1 map, even on fake tensors
+
+
+class DryRunWarning(UserWarning):
+    """The model could not run on fake tensors, so a real forward measured the shapes."""
+
+
+@dataclasses.dataclass
+class DryRun:
+    """What one dry run saw: the FeatureModel's output dict and which keys were modified later."""
+
+    values: dict[str, Any]
+    paths: dict[str, str]
+    modified: frozenset[str]
+    real: bool
+    input_size: tuple[int, ...] | None
+    spatial: tuple[int, ...]
+
+
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """The input size a model expects: timm's ``pretrained_cfg``, a torchvision ViT's
+    ``image_size``, else ``(3, 224, 224)``."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), (tuple, list)):
+        return tuple(int(d) for d in cfg["input_size"])
+    size = getattr(model, "image_size", None)
+    if isinstance(size, int):
+        return (3, size, size)
+    return (3, 224, 224)
+
+
+def check_input_size(input_size: Sequence[int] | int) -> tuple[int, ...]:
+    """``(C, *spatial)`` from a size without batch, or ``S`` for ``(3, S, S)``; errors otherwise."""
+    size: Any = input_size
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (3, size, size)
+    if (
+        isinstance(size, Sequence)
+        and len(size) >= 1
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size)
+    ):
+        return tuple(size)
+    raise FeatwrapValueError(
+        f"input_size={input_size!r} is not a size: pass (C, H, W) without the batch dimension, "
+        "e.g. (3, 224, 224), or one int S for (3, S, S); or pass inputs= (example tensors)."
+    )
+
+
+def dry_run(
+    backbone: nn.Module,
+    layers: LayerSpec,
+    *,
+    input_size: Sequence[int] | int | None = None,
+    inputs: Any = None,
+    output_key: str | None = "logits",
+    repeats: str = "last",
+) -> DryRun:
+    """Run ``FeatureModel(backbone, layers)`` once on fake tensors (a real forward if it must)."""
+    from featwrap.model import FeatureModel
+
+    if inputs is not None and input_size is not None:
+        raise FeatwrapValueError("Pass input_size or inputs, not both.")
+    size = (
+        None if inputs is not None else check_input_size(input_size or default_input_size(backbone))
+    )
+    _check_no_lazy(backbone)
+    probe = FeatureModel(
+        backbone, layers, output_key=output_key, detach=True, repeats=repeats, missing="none"
+    )
+    try:
+        try:
+            values, real = _fake_run(probe, size, inputs), False
+        except Exception as fake_error:
+            values, real = _real_run(probe, size, inputs), True
+            batch = 1 if size is None or not backbone.training else _FAKE_BATCH
+            warnings.warn(
+                f"{type(backbone).__name__} could not run on fake tensors "
+                f"({type(fake_error).__name__}: {str(fake_error).strip()[:300]}), so its shapes "
+                f"were measured with a real forward (batch {batch}, no grad); buffers and the "
+                "random number generator were restored afterwards.",
+                DryRunWarning,
+                stacklevel=3,
+            )
+        keys = probe._recorder.keys
+        modified = frozenset(keys[i] for i in probe._recorder.last_modified)
+    finally:
+        probe.remove_hooks()
+    spatial = size[1:] if size is not None else _spatial_of(inputs)
+    return DryRun(values, probe.layers, modified, real, size, spatial)
+
+
+def _check_no_lazy(backbone: nn.Module) -> None:
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    for name, module in backbone.named_modules():
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():  # type: ignore[misc]
+            raise FeatwrapValueError(
+                f"{name or type(backbone).__name__} is a lazy module whose parameters are not "
+                "initialized yet; run one real forward first (a dry run must not create them)."
+            )
+
+
+def _args(
+    inputs: Any, size: tuple[int, ...] | None, batch: int, like: nn.Module
+) -> tuple[Any, Any]:
+    """Positional and keyword arguments: a tensor of ``size`` (made under the active mode) or the
+    user's ``inputs``."""
+    if size is not None:
+        param = next((p for p in like.parameters() if p.is_floating_point()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        return (torch.randn(batch, *size, dtype=dtype, device=device),), {}
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, tuple):
+        return inputs, {}
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    raise FeatwrapTypeError(
+        f"inputs must be a tensor, a tuple of positional arguments or a dict of keyword "
+        f"arguments, got {type(inputs).__name__}"
+    )
+
+
+def _fake_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> Any:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    saved = _python_state(probe.backbone)  # type: ignore[arg-type]
+    try:
+        with mode, torch.no_grad():
+            state: dict[str, torch.Tensor] = {
+                n: mode.from_tensor(t) for n, t in probe.named_parameters()
+            }
+            state.update((n, mode.from_tensor(t)) for n, t in probe.named_buffers())
+            args, kwargs = _args(inputs, size, _FAKE_BATCH, probe)
+            args, kwargs = _tree.map_tensors(mode.from_tensor, (args, kwargs))
+            return functional_call(probe, state, args, kwargs)
+    finally:
+        _restore_python_state(saved)
+
+
+def _real_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> Any:
+    backbone: nn.Module = probe.backbone  # type: ignore[assignment]
+    batch = _FAKE_BATCH if backbone.training else 1
+    buffers = [(b, b.detach().clone()) for b in backbone.buffers()]
+    devices = sorted({p.device.index or 0 for p in backbone.parameters() if p.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            args, kwargs = _args(inputs, size, batch, probe)
+            return probe(*args, **kwargs)
+    finally:
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
+
+
+def _spatial_of(inputs: Any) -> tuple[int, ...]:
+    """Spatial dims of the first input tensor: ``(N, C, *spatial)`` images and volumes, or
+    ``(N, L)`` token ids. A 3-d float input is ``(N, C, L)`` or ``(N, L, D)``: unknown, so none
+    (pass ``input_size=(C, L)`` for a signal)."""
+    first = next(_tree.tensors(inputs), None)
+    if first is None:
+        return ()
+    if first.dim() >= 4:
+        return tuple(first.shape[2:])
+    if first.dim() == 2 and not first.is_floating_point():
+        return (first.shape[1],)
+    return ()
+
+
+# -- the model's Python state: a forward may cache a tensor on a module (a mask, a grid, timm's
+# attention-bias cache dict); a fake tensor left there would break the next real forward.
+_Saved = list[tuple[nn.Module, dict[str, Any], dict[int, Any]]]
+
+
+def _python_state(model: nn.Module) -> _Saved:
+    """Each module's attributes, and a shallow copy of the contents of its dict/list attributes."""
+    saved: _Saved = []
+    for module in model.modules():
+        attrs = dict(module.__dict__)
+        contents = {
+            id(v): (dict(v) if isinstance(v, dict) else list(v))
+            for k, v in attrs.items()
+            if isinstance(v, (dict, list)) and k not in _MODULE_INTERNALS
+        }
+        saved.append((module, attrs, contents))
+    return saved
+
+
+def _restore_python_state(saved: _Saved) -> None:
+    """Undo what a fake run left behind: attributes set to fake tensors, fake tensors put into
+    a module's dicts or lists."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    def has_fake(value: Any) -> bool:
+        return any(isinstance(t, FakeTensor) for t in _tree.tensors(value))
+
+    for module, before, contents in saved:
+        now = module.__dict__
+        for name in list(now):
+            value = now[name]
+            if name in before and value is before[name]:
+                if id(value) in contents and has_fake(value):
+                    old = contents[id(value)]
+                    value.clear()
+                    if isinstance(value, dict):
+                        value.update(old)
+                    else:
+                        value.extend(old)
+            elif has_fake(value):
+                if name in before:
+                    now[name] = before[name]
+                else:
+                    del now[name]
+
+
+_MODULE_INTERNALS = frozenset(
+    name for name, value in vars(nn.Module()).items() if isinstance(value, (dict, list))
+)

@@ -1,0 +1,217 @@
+"""Stage presets: the module paths of a backbone's natural multi-scale stages.
+
+``FeatureModel(model, stages(model))`` is a drop-in backbone for an FPN or a U-Net decoder:
+
+* timm models: the modules of their own ``feature_info`` (what ``features_only=True`` and
+  ``forward_intermediates`` return), so the features match timm's.
+* torchvision families: a small table names where the stages live (``layer1``..``layer4`` of a
+  ResNet, the children of ``features`` of a MobileNet, EfficientNet, ConvNeXt, Swin, DenseNet,
+  VGG...), and a rule picks the last of those modules at each stride, measured by a dry run on
+  fake tensors (no compute). Vision transformers, which keep one stride, give every block.
+* anything else: an error that lists what to pass instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from featwrap import _layout
+from featwrap._dryrun import check_input_size, default_input_size, dry_run
+from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+
+__all__ = ["stages"]
+
+# Where each torchvision family keeps its stages: paths or globs; "X.*" are the children of X.
+# The last module at each stride among them is a stage.
+_TORCHVISION: dict[str, tuple[str, ...]] = {
+    "ResNet": ("relu", "layer1", "layer2", "layer3", "layer4"),  # ResNeXt, Wide ResNet too
+    "RegNet": ("stem", "trunk_output.*"),
+    "MobileNetV2": ("features.*",),
+    "MobileNetV3": ("features.*",),
+    "EfficientNet": ("features.*",),  # V1 and V2
+    "ConvNeXt": ("features.*",),
+    "SwinTransformer": ("features.*",),  # V1 and V2; channels-last maps
+    "DenseNet": ("features.*",),
+    "VGG": ("features.*",),
+    "AlexNet": ("features.*",),
+    "SqueezeNet": ("features.*",),
+    "MNASNet": ("layers.*",),
+    "ShuffleNetV2": ("*",),
+    "GoogLeNet": ("*",),
+    "Inception3": ("*",),
+    "MaxVit": ("stem", "blocks.*"),
+}
+# One stride throughout: every block is a stage (as timm's feature_info does for ViTs).
+_TORCHVISION_BLOCKS: dict[str, str] = {"VisionTransformer": "encoder.layers.*"}
+
+
+def stages(
+    model: nn.Module,
+    out_indices: int | Sequence[int] | None = None,
+    *,
+    input_size: Sequence[int] | int | None = None,
+) -> list[str]:
+    """The module paths of ``model``'s natural multi-scale stages, shallow to deep.
+
+    Args:
+        model: a timm model, a torchvision classification model (or a FeatureModel of one).
+        out_indices: which stages, as in timm: ``None`` for all, a sequence of indices (negative
+            ones count from the end), or an int ``n`` for the last ``n``.
+        input_size: the size used to measure strides (torchvision models only); default: the
+            model's own (see :func:`featwrap.feature_info`).
+
+    Returns:
+        Layer specs for :class:`~featwrap.FeatureModel`: module paths, with ``":input"`` where
+        timm hooks a module's input.
+
+    Raises:
+        FeatwrapValueError: for a model with no preset (the message lists what to pass instead)
+            or an out-of-range index.
+
+    >>> from torchvision.models import resnet18
+    >>> stages(resnet18())
+    ['relu', 'layer1', 'layer2', 'layer3', 'layer4']
+    >>> stages(resnet18(), out_indices=(1, 2, 3, 4))
+    ['layer1', 'layer2', 'layer3', 'layer4']
+    """
+    from featwrap.model import FeatureModel
+
+    if isinstance(model, FeatureModel):
+        model = model.backbone
+    if not isinstance(model, nn.Module):
+        raise FeatwrapTypeError(
+            f"stages expects a torch.nn.Module, got {type(model).__name__}: {model!r:.80}"
+        )
+    found = _from_timm(model)
+    if found is None:
+        found = _from_torchvision(model, input_size)
+    if found is None:
+        raise FeatwrapValueError(_no_preset(model, input_size))
+    return _select(found, out_indices, model)
+
+
+def _from_timm(model: nn.Module) -> list[str] | None:
+    info: Any = getattr(model, "feature_info", None)
+    if info is None or not type(model).__module__.startswith("timm."):
+        return None
+    dicts = info.get_dicts() if hasattr(info, "get_dicts") else info
+    if not isinstance(dicts, list) or not all(isinstance(d, dict) and "module" in d for d in dicts):
+        return None
+    paths = {name for name, _ in model.named_modules()}
+    out: list[str] = []
+    for d in dicts:
+        path = d["module"]
+        if path not in paths and path.replace(".", "_") in paths:  # a timm FeatureListNet
+            path = path.replace(".", "_")
+        if path not in paths:
+            raise FeatwrapValueError(
+                f"timm's feature_info of {type(model).__name__} names {d['module']!r}, which is "
+                "not a submodule (timm builds these features in a separate wrapper). Use "
+                "timm.create_model(name, features_only=True), or pass layer paths yourself "
+                "(featwrap.list_layers(model))."
+            )
+        out.append(path + ":input" if d.get("hook_type") == "forward_pre" else path)
+    return out
+
+
+def _from_torchvision(model: nn.Module, input_size: Any) -> list[str] | None:
+    name = type(model).__name__
+    if not type(model).__module__.startswith("torchvision.models"):
+        return None
+    if name in _TORCHVISION_BLOCKS:
+        return _expand(model, (_TORCHVISION_BLOCKS[name],))
+    if name not in _TORCHVISION:
+        return None
+    return last_at_each_stride(model, _expand(model, _TORCHVISION[name]), input_size)
+
+
+def _expand(model: nn.Module, entries: tuple[str, ...]) -> list[str]:
+    """Paths of ``entries``: ``"X.*"`` (or ``"*"``) are the direct children of ``X``."""
+    out: list[str] = []
+    for entry in entries:
+        if entry.endswith("*"):
+            parent = entry[:-2] if entry.endswith(".*") else ""
+            container = model.get_submodule(parent)
+            out += [f"{parent}.{n}" if parent else n for n, _ in container.named_children()]
+        else:
+            out.append(entry)
+    return out
+
+
+def last_at_each_stride(
+    model: nn.Module, candidates: list[str], input_size: Any = None
+) -> list[str]:
+    """Of ``candidates`` (in forward order), the last one whose output has each stride.
+
+    Strides are measured by a dry run on fake tensors; outputs without spatial dims, or pooled to
+    one pixel, are not stages.
+    """
+    size = input_size or default_input_size(model)
+    run = dry_run(model, candidates, input_size=size, output_key=None)
+    by_level: dict[int, str] = {}
+    for key, value in run.values.items():
+        if value is None or not hasattr(value, "shape"):
+            continue
+        shape = tuple(value.shape[1:])
+        layout, _, reduction = _layout.describe(shape, run.spatial)
+        if reduction is None or layout is None or layout in ("NC", "NLC"):
+            continue
+        spatial = shape[1:] if layout.startswith("NC") else shape[:-1]
+        if all(d == 1 for d in spatial):
+            continue
+        by_level[round(math.log2(reduction))] = run.paths[key]
+    return [by_level[level] for level in sorted(by_level)]
+
+
+def _select(
+    found: list[str], out_indices: int | Sequence[int] | None, model: nn.Module
+) -> list[str]:
+    if out_indices is None:
+        return found
+    n = len(found)
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        if not 1 <= out_indices <= n:
+            raise FeatwrapValueError(
+                f"out_indices={out_indices} (the last {out_indices}) but {type(model).__name__} "
+                f"has {n} stages: {found}."
+            )
+        return found[n - out_indices :]
+    if not isinstance(out_indices, Sequence) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in out_indices
+    ):
+        raise FeatwrapTypeError(
+            f"out_indices must be None, an int or a sequence of ints, got {out_indices!r:.80}"
+        )
+    bad = [i for i in out_indices if not -n <= i < n]
+    if bad:
+        raise FeatwrapValueError(
+            f"out_indices {bad} out of range: {type(model).__name__} has {n} stages "
+            f"(indices 0..{n - 1} or -{n}..-1): {found}."
+        )
+    return [found[i] for i in out_indices]
+
+
+def _no_preset(model: nn.Module, input_size: Any) -> str:
+    families = ", ".join(sorted([*_TORCHVISION, *_TORCHVISION_BLOCKS]))
+    message = (
+        f"stages() has no preset for {type(model).__name__}: it knows timm models (through "
+        f"their feature_info) and the torchvision families {families}. Pass the layer paths "
+        "yourself, e.g. FeatureModel(model, ['block1', 'block2', ...]); featwrap.summary(model) "
+        "(or `featwrap layers MODEL`) shows every module with its output shape and reduction."
+    )
+    try:
+        size = check_input_size(input_size or default_input_size(model))
+        paths = [p for p, _ in model.named_modules() if p]
+        suggestion = last_at_each_stride(model, paths, size)
+    except Exception:
+        return message
+    if suggestion:
+        message += (
+            f" The last module at each stride of this model, for an input {tuple(size)}: "
+            f"{suggestion}."
+        )
+    return message
