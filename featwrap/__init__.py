@@ -13,6 +13,7 @@ from featwrap.errors import (
     MissingFeatureError,
     RepeatedCallError,
 )
+from featwrap.extract import DataError, Features, ResumeMismatchError, extract, load_features
 from featwrap.layers import LayerSpec, list_layers
 from featwrap.model import FeatureModel
 
@@ -20,8 +21,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneError",
+    "DataError",
     "FeatureModel",
     "FeatureModifiedError",
+    "Features",
     "FeatwrapError",
     "HooksRemovedError",
     "LayerNotFoundError",
@@ -29,6 +32,9 @@ __all__ = [
     "LayerSpecError",
     "MissingFeatureError",
     "RepeatedCallError",
+    "ResumeMismatchError",
     "__version__",
+    "extract",
     "list_layers",
+    "load_features",
 ]
