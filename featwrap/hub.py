@@ -279,7 +279,8 @@ def load_model_cached(name: str, **kwargs: Any) -> tuple[LoadedModel, str | None
             model = timm.create_model(
                 short, pretrained=True, pretrained_cfg_overlay={"file": file}, **kwargs
             )
-            return _finish(LoadedModel(model, f"timm:{short}", f"pretrained ({file})", True), None)
+            loaded = LoadedModel(model, f"timm:{short}", f"pretrained ({file})", True)
+            return _finish(loaded, None), None
         loaded = load_model(name, "none", **kwargs)
         if repo is None:
             return loaded, None
@@ -296,7 +297,7 @@ def _cached_torchvision_weights(name: str) -> tuple[str, Path, str] | None:
     import torchvision.models as tvm
 
     try:
-        default = tvm.get_model_weights(name).DEFAULT  # type: ignore[attr-defined]
+        default = tvm.get_model_weights(name).DEFAULT
     except (KeyError, ValueError, AttributeError):
         return None
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(default.url)

@@ -80,7 +80,9 @@ def channel_grid(
     colored = colored.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     ch, cw = h * scale, w * scale
     grid = torch.full(
-        (rows * (ch + padding) + padding, cols * (cw + padding) + padding, 3), 255, dtype=torch.uint8
+        (rows * (ch + padding) + padding, cols * (cw + padding) + padding, 3),
+        255,
+        dtype=torch.uint8,
     )
     for i in range(n):
         r, c = divmod(i, cols)
@@ -96,7 +98,9 @@ def _colormap(values: torch.Tensor, cmap: str) -> torch.Tensor:
         colors = matplotlib.colormaps[cmap]
     except KeyError:
         raise FeatwrapValueError(f"cmap={cmap!r} is not a matplotlib colormap.") from None
-    lut = torch.tensor(colors(torch.linspace(0, 1, 256).numpy())[:, :3] * 255).round().to(torch.uint8)
+    lut = (
+        torch.tensor(colors(torch.linspace(0, 1, 256).numpy())[:, :3] * 255).round().to(torch.uint8)
+    )
     index = (values.nan_to_num(0.0) * 255).round().long()
     out = lut[index]
     out[values.isnan()] = 255
@@ -141,7 +145,9 @@ def save_layer_statistics(
            ("mean", "std", "min", "max", "zeros")}  # fmt: skip
     figure = Figure(figsize=size, dpi=dpi)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.errorbar(xs, get["mean"], yerr=get["std"], fmt="o", color="C0", capsize=3, label="mean ± std")
+    top.errorbar(
+        xs, get["mean"], yerr=get["std"], fmt="o", color="C0", capsize=3, label="mean ± std"
+    )
     top.scatter(xs, get["min"], marker="v", color="C2", s=14, label="min")
     top.scatter(xs, get["max"], marker="^", color="C3", s=14, label="max")
     top.set_yscale("symlog", linthresh=1e-2)

@@ -144,12 +144,15 @@ def test_to_directory_any_reader(net: TinyNet, data: TensorDataset, tmp_path: Pa
         assert torch.equal(from_safetensors[key], memory[key]), key
         assert np.array_equal(arrays[key], memory[key].numpy()), key
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rows"] == 11 and manifest["ids"] == [str(i) for i in range(11)]
+    assert manifest["rows"] == 11
+    assert manifest["ids"] == [str(i) for i in range(11)]
     assert manifest["layers"]["conv2"] == {"path": "conv2", "pool": "none"}
     assert manifest["layers"]["logits"]["path"] == ""
-    assert manifest["model"].endswith("TinyNet") and manifest["featwrap"] == featwrap.__version__
+    assert manifest["model"].endswith("TinyNet")
+    assert manifest["featwrap"] == featwrap.__version__
     assert manifest["skipped"] == []
-    assert again.ids == manifest["ids"] and again.manifest == manifest
+    assert again.ids == manifest["ids"]
+    assert again.manifest == manifest
 
 
 def test_running_again_when_complete_recomputes_nothing(
@@ -188,6 +191,7 @@ def test_image_folder_order_ids_and_classes_match_torchvision(net: TinyNet, tmp_
     (root / "cat" / ".hidden.png").write_bytes(b"")
     transform = T.Compose([T.Resize((8, 8)), T.ToTensor()])
     feats = extract(net, root, ["pool"], transform=transform, batch_size=2)
+
     def visible_image(path: str) -> bool:  # featwrap skips hidden files (macOS "._x.jpg")
         name = Path(path).name
         return not name.startswith(".") and name.lower().endswith((".png", ".jpg"))
@@ -220,7 +224,9 @@ def test_the_model_is_left_as_found(net: TinyNet, data: TensorDataset) -> None:
     net.train()
     net.conv2.eval()
     extract(net, data, ["conv1", "logits"], batch_size=11)
-    assert net.training and net.conv1.training and not net.conv2.training
+    assert net.training
+    assert net.conv1.training
+    assert not net.conv2.training
     assert all(not m._forward_hooks for m in net.modules())
 
 
@@ -283,11 +289,11 @@ def test_argument_errors(net: TinyNet, data: TensorDataset) -> None:
         extract(net, Stream(), ["pool"])
     with pytest.raises(DataError, match="dicts"):
         extract(net, [{"image": torch.zeros(3, 8, 8)}], ["pool"])
-    with pytest.raises(ValueError, match="'avgg'.*Did you mean 'avg'"):
+    with pytest.raises(ValueError, match=r"'avgg'.*Did you mean 'avg'"):
         extract(net, data, ["pool"], pool="avgg")
-    with pytest.raises(ValueError, match="'pol'.*Did you mean 'pool'"):
+    with pytest.raises(ValueError, match=r"'pol'.*Did you mean 'pool'"):
         extract(net, data, ["pool"], pool={"pol": "avg"})
-    with pytest.raises(LayerNotFoundError, match="'conv' is not a submodule.*Did you mean"):
+    with pytest.raises(LayerNotFoundError, match=r"'conv' is not a submodule.*Did you mean"):
         extract(net, data, ["conv"])
     with pytest.raises(LayerSpecError, match="Name the layers"):
         extract(net, data)

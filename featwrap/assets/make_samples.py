@@ -90,7 +90,9 @@ def waves(size: tuple[int, int] = (240, 240)) -> Image.Image:
 def blur(size: tuple[int, int] = (224, 224), seed: int = 3) -> Image.Image:
     rng = random.Random(seed)
     image = Image.new("RGB", (size[0] // 8, size[1] // 8))
-    image.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(image.width * image.height)])  # type: ignore[misc]
+    image.putdata(
+        [tuple(rng.randrange(256) for _ in range(3)) for _ in range(image.width * image.height)]
+    )
     return image.resize(size, Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(3))
 
 

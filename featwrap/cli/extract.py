@@ -44,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--out", default="features", help="output directory (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: auto)")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers (default: auto)"
+    )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'... (default: auto)")
     p.add_argument(
         "--pool",
@@ -98,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = load_model(args.model, args.weights)
     data = args.data if args.data is not None else sample_dir()
-    say(f"Extracting {', '.join(layers)} of {loaded.name} ({loaded.weights}) from {data} -> {args.out}")
+    say(
+        f"Extracting {', '.join(layers)} of {loaded.name} ({loaded.weights}) from {data} -> {args.out}"
+    )
     features = extract(
         loaded,
         data,

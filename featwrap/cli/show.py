@@ -101,17 +101,20 @@ def _from_image(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, torch
     image = Path(args.image) if args.image else sample_image()
     data = ImageFolderData(image, default_transform(model, loaded.transforms, args.image_size))
     x = data[0].unsqueeze(0)
-    leaves = [p for p in list_layers(model, args.stats_layers) if not any(model.get_submodule(p).children())]  # fmt: skip
-    if args.stats_layers is not None:
+    if args.stats_layers is None:  # every leaf module
+        leaves = [p for p in list_layers(model) if not any(model.get_submodule(p).children())]
+    else:
         leaves = list_layers(model, args.stats_layers)
         if not leaves:
             raise FeatwrapValueError(f"--stats-layers {args.stats_layers!r} matches no layer.")
     wanted = [args.layer, *(p for p in leaves if p != args.layer)]
-    with FeatureModel(model, wanted, output_key=None, detach=True, missing="skip") as fm:
-        with torch.no_grad():
-            out = fm(x)
+    fm = FeatureModel(model, wanted, output_key=None, detach=True, missing="skip")
+    with fm, torch.no_grad():
+        out = fm(x)
     grid = out[args.layer]
     if not isinstance(grid, torch.Tensor):
-        raise FeatwrapValueError(f"--layer {args.layer!r} returns {type(grid).__name__}, not a tensor.")
+        raise FeatwrapValueError(
+            f"--layer {args.layer!r} returns {type(grid).__name__}, not a tensor."
+        )
     stats = {k: v for k, v in out.items() if k in leaves and isinstance(v, torch.Tensor)}
     return grid[0], stats, data.ids[0]

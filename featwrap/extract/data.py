@@ -8,7 +8,9 @@ processes and resume), through a DataLoader built with the user's own loader set
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ __all__ = [
     "ImageFolderData",
     "Source",
     "default_transform",
+    "describe",
     "find_images",
     "make_loader",
     "model_input",
@@ -150,15 +153,16 @@ def default_transform(
     if preset is not None and image_size is None:
         return preset
     if getattr(model, "pretrained_cfg", None) is not None:  # a timm model
-        from timm.data import create_transform, resolve_model_data_config
+        from timm.data.config import resolve_model_data_config
+        from timm.data.transforms_factory import create_transform
 
-        config = resolve_model_data_config(model)
+        config = resolve_model_data_config(model)  # type: ignore[no-untyped-call]
         if image_size is not None:
             config["input_size"] = (3, image_size, image_size)
         transform: Transform = create_transform(**config, is_training=False)
         return transform
     size = image_size or 224
-    return T.Compose(
+    standard: Transform = T.Compose(
         [
             T.Resize(round(size * 256 / 224)),
             T.CenterCrop(size),
@@ -166,6 +170,7 @@ def default_transform(
             T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
         ]
     )
+    return standard
 
 
 # -- any input -> Source ---------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def resolve_source(
             dataset=folder,
             ids=folder.ids,
             description=f"image folder {str(Path(data).resolve())!r} ({len(folder)} images{n_classes})",
-            transform=repr(transform),
+            transform=describe(transform),
             classes=folder.classes,
             targets=folder.targets,
         )
@@ -235,7 +240,7 @@ def _dataset_source(dataset: Any) -> Source:
         dataset=dataset,
         ids=ids,
         description=f"{type(dataset).__module__}.{type(dataset).__qualname__} ({n} samples)",
-        transform=None if transform is None else repr(transform),
+        transform=None if transform is None else describe(transform),
         classes=classes,
         targets=targets,
     )
@@ -254,6 +259,20 @@ def _dataset_ids(dataset: Any, n: int) -> tuple[list[str], list[str] | None, lis
         except (TypeError, ValueError, IndexError):
             pass
     return [str(i) for i in range(n)], None, None
+
+
+def describe(obj: Any) -> str:
+    """A repr that is the same in every process: functions by qualified name, and no addresses.
+
+    >>> describe(len), describe(lambda x: x)
+    ('builtins.len', 'featwrap.extract.data.<lambda>')
+    """
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.ismethod(obj):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    return _ADDRESS.sub(">", repr(obj))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 
 # -- reading batches -------------------------------------------------------------------------------

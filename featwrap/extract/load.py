@@ -50,7 +50,9 @@ class Features(Mapping[str, torch.Tensor]):
         try:
             return self._tensors[key]
         except KeyError:
-            raise KeyError(f"{key!r} is not an extracted layer; the layers are {list(self)}") from None
+            raise KeyError(
+                f"{key!r} is not an extracted layer; the layers are {list(self)}"
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)

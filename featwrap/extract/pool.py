@@ -68,9 +68,9 @@ def pool_name(pool: Pool) -> str:
     """How a pooling is named in the manifest (a callable by its qualified name)."""
     if isinstance(pool, str):
         return pool
-    module = getattr(pool, "__module__", None) or ""
-    name = getattr(pool, "__qualname__", None) or type(pool).__qualname__
-    return f"{module}.{name}" if module else name
+    from featwrap.extract.data import describe
+
+    return describe(pool)
 
 
 def apply_pool(pool: Pool, value: Any, key: str) -> torch.Tensor:

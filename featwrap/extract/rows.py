@@ -26,10 +26,8 @@ def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forwar
     """A forward returning the requested features, and ``{key: module path}`` in request order
     (the path of the model's own output is ``""``)."""
     if isinstance(module, FeatureModel) and layers is None:
-        paths = dict(module.layers)
-        if module.output_key is not None:
-            paths = {module.output_key: "", **paths}
-        return module, paths
+        own = dict(module.layers)
+        return module, own if module.output_key is None else {module.output_key: "", **own}
     if layers is None:
         raise LayerSpecError(
             "Name the layers to extract, e.g. layers=['layer4', 'logits'] ('logits': the model's "

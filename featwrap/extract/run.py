@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
-from featwrap.extract.data import Source, default_transform, make_loader, model_input, resolve_source
+from featwrap.extract.data import (
+    Source,
+    default_transform,
+    make_loader,
+    model_input,
+    resolve_source,
+)
 from featwrap.extract.errors import DataError
 from featwrap.extract.layout import Layout
 from featwrap.extract.load import Features, load_features
@@ -253,13 +259,15 @@ class _Job:
         else:
             raise DataError(f"No sample of {self.source.description} could be read.")
         _, batch, _ = _Collate(self.source.collate_fn)([(index, sample, None)])
-        rows = compute_rows(self.forward, model_input(batch), 1, self.pools, self.dtype, self.device)
+        rows = compute_rows(
+            self.forward, model_input(batch), 1, self.pools, self.dtype, self.device
+        )
         shapes = {k: (tuple(v.shape[1:]), v.dtype) for k, v in rows.items()}
         return Layout.plan(self.n, shapes, {"format": "pt"})
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self, steps: list[Step], sink: Sink, ranks: Ranks, done_rows: int) -> None:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         loader = make_loader(
             self.source,
@@ -424,10 +432,10 @@ def _device(device: Any, module: nn.Module, by_name: bool) -> torch.device:
 
 
 def _module_device(module: nn.Module) -> torch.device | None:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
     return None
 
 

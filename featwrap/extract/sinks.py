@@ -129,7 +129,7 @@ class FileSink:
             rb = layer.row_bytes
             position = 0
             for a, b in index_runs(indices):
-                chunk = memoryview(data[position * rb : (position + b - a) * rb])
+                chunk = data[position * rb : (position + b - a) * rb].data
                 _pwrite_all(self._fd, chunk, base + layer.start + a * rb)
                 position += b - a
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from featwrap.extract import _testing
 from featwrap.extract.errors import OutputError, ResumeMismatchError
 from featwrap.extract.layout import Layout, index_runs
