@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from featwrap.errors import FeatwrapValueError
@@ -85,6 +86,7 @@ def parse_pool(text: str, layers: list[str]) -> str | dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from featwrap.assets import sample_dir
     from featwrap.extract import extract
+    from featwrap.extract.store import Output
     from featwrap.hub import load_model, load_model_cached
 
     rank = int(os.environ.get("RANK", "0"))
@@ -100,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = load_model(args.model, args.weights)
     data = args.data if args.data is not None else sample_dir()
-    say(
-        f"Extracting {', '.join(layers)} of {loaded.name} ({loaded.weights}) from {data} -> {args.out}"
-    )
+    say(f"Extracting {', '.join(layers)} of {loaded.name} ({loaded.weights}) from {data}")
+    output = Output(Path(args.out))
+    complete_before = output.manifest.is_file()
+    if output.run_json.is_file():
+        done = len(list(output.shards.glob("*.json")))
+        say(f"Resuming the run in {args.out}: {done} shards were already written.")
     features = extract(
         loaded,
         data,
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
     )
+    if complete_before and not args.overwrite:
+        say(f"{args.out} already holds this extraction: nothing was computed again.")
     say(features.summary())
     if features.skipped:
         say(f"Skipped {len(features.skipped)} unreadable samples (listed in manifest.json):")

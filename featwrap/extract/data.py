@@ -28,8 +28,10 @@ __all__ = [
     "default_transform",
     "describe",
     "find_images",
+    "first_readable",
     "make_loader",
     "model_input",
+    "read_batch",
     "resolve_source",
 ]
 
@@ -328,6 +330,28 @@ def make_loader(
         collate_fn=_Collate(source.collate_fn),
         **kwargs,
     )
+
+
+def read_batch(source: Source, indices: list[int]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """One batch read in this process, as the DataLoader of :func:`make_loader` yields it."""
+    indexed = _Indexed(source.dataset)
+    return _Collate(source.collate_fn)([indexed[i] for i in indices])
+
+
+def first_readable(
+    source: Source, skip: bool, unreadable: Callable[[int, str], Exception]
+) -> tuple[int, Any]:
+    """``(index, batch of one)`` of the first sample that can be read; an unreadable one before
+    it raises ``unreadable(index, error)`` unless ``skip``."""
+    indexed = _Indexed(source.dataset)
+    for i in range(len(indexed)):
+        index, sample, problem = indexed[i]
+        if problem is None:
+            _, batch, _ = _Collate(source.collate_fn)([(index, sample, None)])
+            return index, batch
+        if not skip:
+            raise unreadable(index, problem)
+    raise DataError(f"No sample of {source.description} could be read.")
 
 
 def model_input(batch: Any) -> Any:

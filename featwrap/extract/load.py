@@ -65,11 +65,12 @@ class Features(Mapping[str, torch.Tensor]):
         where = f", path={str(self.path)!r}" if self.path else ""
         return f"Features({len(self.ids)} rows; {layers}{where})"
 
-    def summary(self) -> str:
-        """A table of each layer's shape, dtype, mean and std (computed in chunks of rows)."""
+    def summary(self, max_rows: int = 1024) -> str:
+        """A table of each layer's shape, dtype, mean and std (over at most ``max_rows`` evenly
+        spaced rows, so that it is quick whatever the size)."""
         header = ("layer", "shape", "dtype", "mean", "std")
         rows = [header]
-        for key, stats in layer_statistics(self).items():
+        for key, stats in layer_statistics(self, max_rows).items():
             rows.append(
                 (
                     key,
@@ -81,6 +82,9 @@ class Features(Mapping[str, torch.Tensor]):
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        n = len(next(iter(self.values()))) if self else 0
+        if n > max_rows:
+            lines.append(f"(mean and std over {max_rows} of the {n} rows, evenly spaced)")
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -159,35 +163,58 @@ def _map_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def layer_statistics(
-    features: Mapping[str, torch.Tensor], rows_per_chunk: int | None = None
+    features: Mapping[str, torch.Tensor], max_rows: int | None = None
 ) -> dict[str, dict[str, float]]:
-    """``{layer: {"mean", "std", "min", "max", "zeros"}}`` over all rows (``zeros``: the fraction
-    of exact zeros), computed in float64 over chunks of rows so memory stays bounded."""
+    """``{layer: {"mean", "std", "min", "max", "zeros"}}`` over the rows (batch-first tensors).
+
+    ``zeros`` is the fraction of exact zeros. Computed in float64, a chunk of rows at a time, so
+    memory stays bounded; with ``max_rows``, over that many evenly spaced rows only.
+    """
     stats: dict[str, dict[str, float]] = {}
     for key, tensor in features.items():
-        n, mean, m2 = 0, 0.0, 0.0
-        low, high, zeros = math.inf, -math.inf, 0
-        row = max(1, tensor[0].numel()) if tensor.ndim and len(tensor) else 1
-        step = rows_per_chunk or max(1, (16 << 20) // row)
-        for i in range(0, max(1, len(tensor)) if tensor.ndim else 1, step):
-            x = (tensor[i : i + step] if tensor.ndim else tensor).detach().double().reshape(-1)
-            if not x.numel():
-                continue
-            k, chunk_mean = x.numel(), x.mean().item()
-            chunk_m2 = ((x - chunk_mean) ** 2).sum().item()
-            delta = chunk_mean - mean
-            total = n + k
-            mean += delta * k / total
-            m2 += chunk_m2 + delta * delta * n * k / total
-            n = total
-            low, high = min(low, x.min().item()), max(high, x.max().item())
-            zeros += int((x == 0).sum().item())
-        std = math.sqrt(m2 / (n - 1)) if n > 1 else math.nan
-        stats[key] = {
-            "mean": mean if n else math.nan,
-            "std": std,
-            "min": low,
-            "max": high,
-            "zeros": zeros / n if n else math.nan,
-        }
+        acc = _Moments()
+        x = tensor.detach()
+        if x.ndim == 0:
+            x = x.reshape(1)
+        n = len(x)
+        step = max(1, (16 << 20) // max(1, x[0].numel())) if n else 1
+        if max_rows is not None and n > max_rows:
+            rows = torch.linspace(0, n - 1, max_rows).round().long()
+            chunks = (x[rows[i : i + step]] for i in range(0, max_rows, step))
+        else:
+            chunks = (x[i : i + step] for i in range(0, n, step))
+        for chunk in chunks:
+            acc.add(chunk.double().reshape(-1))
+        stats[key] = acc.result()
     return stats
+
+
+class _Moments:
+    """Count, mean, M2 (Chan et al.'s parallel update), min, max and zeros of a stream."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.low, self.high, self.zeros = math.inf, -math.inf, 0
+
+    def add(self, x: torch.Tensor) -> None:
+        k = x.numel()
+        if not k:
+            return
+        mean = x.mean().item()
+        m2 = ((x - mean) ** 2).sum().item()
+        delta, total = mean - self.mean, self.n + k
+        self.mean += delta * k / total
+        self.m2 += m2 + delta * delta * self.n * k / total
+        self.n = total
+        self.low, self.high = min(self.low, x.min().item()), max(self.high, x.max().item())
+        self.zeros += int((x == 0).sum().item())
+
+    def result(self) -> dict[str, float]:
+        n = self.n
+        return {
+            "mean": self.mean if n else math.nan,
+            "std": math.sqrt(self.m2 / (n - 1)) if n > 1 else math.nan,
+            "min": self.low if n else math.nan,
+            "max": self.high if n else math.nan,
+            "zeros": self.zeros / n if n else math.nan,
+        }

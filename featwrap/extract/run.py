@@ -7,9 +7,9 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,8 +18,10 @@ from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.extract.data import (
     Source,
     default_transform,
+    first_readable,
     make_loader,
     model_input,
+    read_batch,
     resolve_source,
 )
 from featwrap.extract.errors import DataError
@@ -37,6 +39,10 @@ from featwrap.layers import LayerSpec
 __all__ = ["extract"]
 
 _ON_ERROR = ("fail", "skip")
+
+
+#: ``(indices read, rows, (index, error) of unreadable samples)`` of one batch
+_Computed = tuple[list[int], dict[str, torch.Tensor] | None, list[tuple[int, str]]]
 
 
 @dataclass
@@ -170,6 +176,8 @@ class _Job:
     on_error: str
     shard_size: int
     progress: bool | None
+    #: batches already computed (by the probe), by their indices
+    ready: dict[tuple[int, ...], _Computed] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -179,7 +187,7 @@ class _Job:
     def in_memory(self) -> Features:
         sink = MemorySink(self.n)
         steps = plan_batches(self.n, self.n, self.batch_size, [0])
-        self._run(steps, sink, Ranks(), done_rows=0)
+        self._run(steps, lambda: sink, Ranks(), done_rows=0)
         tensors = sink.result()
         if not tensors:
             raise DataError(f"No sample of {self.source.description} could be read.")
@@ -202,81 +210,79 @@ class _Job:
 
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
-        state, layout, error = "", None, None
-        if ranks.rank == 0:
-            try:
-                state = output.start(spec, overwrite)
-                if state == "new":
-                    layout = self._probe_layout()
-                    output.create(spec, layout)
-                elif state == "running":
-                    layout = output.layout()
-                    output.resume(layout)
-            except Exception as e:
-                error = e
-        ranks.agree(error)
+        state, layout = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
         state, layout, first_spec = ranks.broadcast((state, layout, spec))
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
-        assert layout is not None
         n_shards = -(-self.n // self.shard_size)
         done = output.done_shards()
-        mine = [k for k in ranks.shards(n_shards) if k not in done]
-        done_rows = sum(_span(k, self.shard_size, self.n)[1] - _span(k, self.shard_size, self.n)[0] for k in ranks.shards(n_shards) if k in done)  # fmt: skip
-        steps = plan_batches(self.n, self.shard_size, self.batch_size, mine)
+        mine = ranks.shards(n_shards)
+        todo = [k for k in mine if k not in done]
+        done_rows = sum(min(self.n, (k + 1) * self.shard_size) - k * self.shard_size for k in mine if k in done)  # fmt: skip
+        steps = plan_batches(self.n, self.shard_size, self.batch_size, todo)
         error = None
         try:
             if steps:
-                self._run(steps, FileSink(output, layout), ranks, done_rows)
+                self._run(steps, lambda: FileSink(output, layout), ranks, done_rows)
         except Exception as e:
             error = e
         ranks.agree(error)
-        if ranks.rank == 0:
-            error = None
-            try:
-                output.finalize(
-                    layout, n_shards, self.source.ids, self.source.targets, self._manifest(spec)
-                )
-            except Exception as e:
-                error = e
-            ranks.agree(error)
-        else:
-            ranks.agree(None)
+        manifest = self._manifest(spec)
+        ids, targets = self.source.ids, self.source.targets
+        _on_rank_zero(ranks, lambda: output.finalize(layout, n_shards, ids, targets, manifest))
         return load_features(output.root)
 
-    def _probe_layout(self) -> Layout:
-        """Feature shapes and dtypes, from one forward of the first readable sample."""
-        from featwrap.extract.data import _Collate, _Indexed
+    def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, Layout]:
+        """Rank 0: check the directory against ``spec``; start or resume the run in it."""
+        state = output.start(spec, overwrite)
+        if state == "new":
+            layout = self._probe_layout()
+            output.create(spec, layout)
+            return state, layout
+        if state == "running":
+            layout = output.layout()
+            output.resume(layout)
+            return state, layout
+        return state, Layout(0, ())
 
-        indexed = _Indexed(self.source.dataset)
-        for i in range(self.n):
-            index, sample, problem = indexed[i]
-            if problem is None:
-                break
-            if self.on_error == "fail":
-                raise self._unreadable(index, problem)
+    def _probe_layout(self) -> Layout:
+        """Feature shapes and dtypes, from the first batch (kept: the loop does not compute it
+        again), or from the first readable sample if that whole batch is unreadable."""
+        step = plan_batches(self.n, self.shard_size, self.batch_size, [0])[0]
+        indices, batch, failed = read_batch(self.source, step.indices)
+        if failed and self.on_error == "fail":
+            raise self._unreadable(*failed[0])
+        if batch is not None:
+            rows = self._rows(batch, indices)
+            self.ready[tuple(step.indices)] = (indices, rows, failed)
         else:
-            raise DataError(f"No sample of {self.source.description} could be read.")
-        _, batch, _ = _Collate(self.source.collate_fn)([(index, sample, None)])
-        rows = compute_rows(
-            self.forward, model_input(batch), 1, self.pools, self.dtype, self.device
-        )
+            _, batch = first_readable(self.source, True, self._unreadable)
+            rows = self._rows(batch, [0])
         shapes = {k: (tuple(v.shape[1:]), v.dtype) for k, v in rows.items()}
         return Layout.plan(self.n, shapes, {"format": "pt"})
 
+    def _rows(self, batch: Any, indices: list[int]) -> dict[str, torch.Tensor]:
+        return compute_rows(
+            self.forward, model_input(batch), len(indices), self.pools, self.dtype, self.device
+        )
+
     # -- the loop --------------------------------------------------------------------------------
-    def _run(self, steps: list[Step], sink: Sink, ranks: Ranks, done_rows: int) -> None:
+    def _run(
+        self, steps: list[Step], open_sink: Callable[[], Sink], ranks: Ranks, done_rows: int
+    ) -> Sink:
+        """Compute and write every step's rows, committing each shard after its last batch."""
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         loader = make_loader(
             self.source,
-            [s.indices for s in steps],
+            [s.indices for s in steps if tuple(s.indices) not in self.ready],
             self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         total = done_rows + sum(len(s.indices) for s in steps)
+        sink = open_sink()
         bar = tqdm(
             total=total,
             initial=done_rows,
@@ -285,32 +291,43 @@ class _Job:
             dynamic_ncols=True,
             desc="extract",
         )
-        skipped: list[dict[str, Any]] = []
-        shapes: dict[str, tuple[int, ...]] | None = None
+        failure: BaseException | None = None
         try:
-            for step, (indices, batch, failed) in zip(steps, loader, strict=True):
-                for index, problem in failed:
-                    if self.on_error == "fail":
-                        raise self._unreadable(index, problem)
-                    skipped.append({"index": index, "id": self.source.ids[index], "error": problem})
-                if batch is not None:
-                    rows = compute_rows(
-                        self.forward, model_input(batch), len(indices), self.pools, self.dtype,
-                        self.device,
-                    )  # fmt: skip
-                    shapes = _check_shapes(rows, shapes, indices, self.source.ids)
-                    sink.write(indices, rows)
-                bar.update(len(indices) + len(failed))
-                if step.last:
-                    sink.commit(step.shard, step.span, skipped)
-                    skipped = []
+            self._loop(steps, loader, sink, bar)
+        except BaseException as e:
+            failure = e
+            raise
         finally:
             bar.close()
             try:
-                sink.close()
+                sink.close()  # waits for the queued writes and commits
             except Exception:
-                if sys.exc_info()[0] is None:
+                if failure is None:
                     raise
+        return sink
+
+    def _loop(self, steps: list[Step], loader: Any, sink: Sink, bar: Any) -> None:
+        skipped: list[dict[str, Any]] = []
+        shapes: dict[str, tuple[int, ...]] | None = None
+        batches = iter(loader)
+        for step in steps:
+            ready = self.ready.pop(tuple(step.indices), None)
+            if ready is not None:  # computed by the probe
+                indices, rows, failed = ready
+            else:
+                indices, batch, failed = next(batches)
+                rows = None if batch is None else self._rows(batch, indices)
+            for index, problem in failed:
+                if self.on_error == "fail":
+                    raise self._unreadable(index, problem)
+                skipped.append({"index": index, "id": self.source.ids[index], "error": problem})
+            if rows is not None:
+                shapes = _check_shapes(rows, shapes, indices, self.source.ids)
+                sink.write(indices, rows)
+            bar.update(len(indices) + len(failed))
+            if step.last:
+                sink.commit(step.shard, step.span, skipped)
+                skipped = []
 
     def _unreadable(self, index: int, problem: str) -> DataError:
         return DataError(
@@ -360,8 +377,20 @@ class _Job:
         return manifest
 
 
-def _span(shard: int, size: int, n: int) -> tuple[int, int]:
-    return shard * size, min(n, (shard + 1) * size)
+T = TypeVar("T")
+
+
+def _on_rank_zero(ranks: Ranks, work: Callable[[], T]) -> T:
+    """Rank 0 does ``work``; every rank waits, and raises its error if it failed."""
+    result: Any = None
+    error = None
+    if ranks.rank == 0:
+        try:
+            result = work()
+        except Exception as e:
+            error = e
+    ranks.agree(error)
+    return result  # type: ignore[no-any-return]
 
 
 def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Exception | None:
