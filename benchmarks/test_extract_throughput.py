@@ -2,7 +2,8 @@
 
     uv run pytest benchmarks/test_extract_throughput.py -s
 
-Rounds alternate (bare loop, extract to disk, extract in memory) so that all see the same machine;
+Rounds interleave the bare loop, extract to disk and extract in memory (each in every position in
+turn), so that all see the same machine;
 the figures are ratios of median throughputs, by wall clock and by CPU time (this process and its
 DataLoader workers: steadier on a machine shared with other jobs). Reports, never asserts a time.
 """
@@ -27,7 +28,7 @@ from featwrap import extract
 
 N = int(os.environ.get("BENCH_N", "128"))
 SIZE = int(os.environ.get("BENCH_SIZE", "160"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
 LAYERS = ["maxpool", "layer3.0.downsample.1", "avgpool", "logits"]
 
 
@@ -74,9 +75,11 @@ def test_extract_vs_bare_loop(benchmark: Any, tmp_path: Path, pool: str) -> None
 
     runs: dict[str, list[tuple[float, float]]] = {"bare loop": [], "to disk": [], "in memory": []}
 
+    order = list(zip(runs, (bare, to_disk, in_memory), strict=True))
+
     def compare() -> None:
-        for _ in range(ROUNDS):
-            for name, fn in zip(runs, (bare, to_disk, in_memory), strict=True):
+        for r in range(ROUNDS):  # each variant in each position in turn
+            for name, fn in order[r % 3 :] + order[: r % 3]:
                 runs[name].append(_timed(fn))
 
     benchmark.pedantic(compare, rounds=1, iterations=1)

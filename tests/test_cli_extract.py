@@ -217,7 +217,8 @@ def test_cached_timm_weights_are_used(
     model, note = load_model_cached("timm:resnet18")
     assert note is None
     assert model.pretrained is True
-    assert model.weights.startswith("pretrained (") and "model.safetensors" in model.weights
+    assert model.weights.startswith("pretrained (")
+    assert "model.safetensors" in model.weights
     for key, value in trained.state_dict().items():
         assert torch.equal(model.model.state_dict()[key], value), key
     assert not model.model.training

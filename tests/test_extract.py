@@ -124,6 +124,9 @@ def test_aliases_and_a_feature_model(net: TinyNet, data: TensorDataset) -> None:
     assert list(feats) == ["logits", "p"]
     assert torch.equal(feats["p"], want["pool"])
     assert torch.equal(feats["logits"], want["logits"])
+    assert list(fm(data.tensors[0][:2])) == ["logits", "p"]  # its hooks are still in place
+    feats = extract(fm, data, ["conv2"], batch_size=11)  # other layers: the backbone's paths
+    assert torch.equal(feats["conv2"], want["conv2"])
 
 
 def test_to_directory_any_reader(net: TinyNet, data: TensorDataset, tmp_path: Path) -> None:
@@ -146,7 +149,13 @@ def test_to_directory_any_reader(net: TinyNet, data: TensorDataset, tmp_path: Pa
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == 11
     assert manifest["ids"] == [str(i) for i in range(11)]
-    assert manifest["layers"]["conv2"] == {"path": "conv2", "pool": "none"}
+    assert manifest["layers"]["conv2"] == {
+        "path": "conv2",
+        "pool": "none",
+        "shape": [11, 8, 6, 6],
+        "dtype": "float32",
+    }
+    assert manifest["samples"] == 11
     assert manifest["layers"]["logits"]["path"] == ""
     assert manifest["model"].endswith("TinyNet")
     assert manifest["featwrap"] == featwrap.__version__
@@ -305,3 +314,16 @@ def test_argument_errors(net: TinyNet, data: TensorDataset) -> None:
         extract(net, data, ["pool"], pool=lambda t: [t])
     with pytest.raises(DataError, match="holds no extracted features"):
         featwrap.load_features(Path(__file__).parent)
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["featwrap.extract.data", "featwrap.extract.layout", "featwrap.extract.plan",
+     "featwrap.extract.pool", "featwrap.viz"],
+)  # fmt: skip
+def test_docstring_examples(module: str) -> None:
+    import doctest
+
+    result = doctest.testmod(importlib.import_module(module), raise_on_error=False)
+    assert result.attempted > 0
+    assert result.failed == 0

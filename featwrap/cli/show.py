@@ -22,7 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--model", default="torchvision:resnet18", help="default: %(default)s")
     p.add_argument("--weights", default="auto", help="as for `featwrap extract` (default: auto)")
     p.add_argument("--layer", default="layer1", help="the layer to draw (default: %(default)s)")
-    p.add_argument("--image", default=None, help="an image (default: the shipped cat.jpg)")
+    p.add_argument(
+        "--image",
+        default=None,
+        help="an image (default: cat.jpg, one of the sample images shipped with featwrap)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="resize and crop to this size")
     p.add_argument("--out", default="grid.png", help="the grid's PNG (default: %(default)s)")
     p.add_argument(
@@ -99,6 +103,11 @@ def _from_image(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, torch
         loaded = load_model(args.model, args.weights)
     model = loaded.model
     image = Path(args.image) if args.image else sample_image()
+    if not image.exists() and image.parent == Path() and sample_image(image.name).is_file():
+        print(
+            f"featwrap: no {image} here; using the sample image {image.name} shipped with featwrap."
+        )
+        image = sample_image(image.name)
     data = ImageFolderData(image, default_transform(model, loaded.transforms, args.image_size))
     x = data[0].unsqueeze(0)
     if args.stats_layers is None:  # every leaf module

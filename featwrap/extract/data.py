@@ -69,9 +69,11 @@ def find_images(root: Path) -> tuple[list[Path], list[str] | None]:
     a folder without images.
     """
     if not root.exists():
+        what = "image" if root.suffix.lower() in IMAGE_EXTENSIONS else "data folder"
         raise DataError(
-            f"The data folder {str(root)!r} does not exist. Pass a folder of images (searched "
-            "recursively; one subfolder per class is fine), a torch Dataset or a DataLoader."
+            f"The {what} {str(root)!r} does not exist. Pass a folder of images (searched "
+            "recursively; one subfolder per class is fine), an image, a torch Dataset or a "
+            "DataLoader."
         )
     if root.is_file():
         if root.suffix.lower() in IMAGE_EXTENSIONS:

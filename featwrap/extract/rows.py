@@ -28,6 +28,8 @@ def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forwar
     if isinstance(module, FeatureModel) and layers is None:
         own = dict(module.layers)
         return module, own if module.output_key is None else {module.output_key: "", **own}
+    if isinstance(module, FeatureModel):  # new layers: paths are the backbone's own
+        module = module.backbone
     if layers is None:
         raise LayerSpecError(
             "Name the layers to extract, e.g. layers=['layer4', 'logits'] ('logits': the model's "

@@ -35,6 +35,7 @@ from featwrap.extract.sinks import FileSink, MemorySink, Sink
 from featwrap.extract.store import FEATURES_FILE, Output
 from featwrap.hub import LoadedModel, load_model, load_model_cached
 from featwrap.layers import LayerSpec
+from featwrap.model import FeatureModel
 
 __all__ = ["extract"]
 
@@ -153,9 +154,8 @@ class _prepared:
             self.module.to(self.device)
 
     def __exit__(self, *exc: object) -> None:
-        remove = getattr(self.forward, "remove_hooks", None)
-        if remove is not None:
-            remove()
+        if isinstance(self.forward, FeatureModel) and self.forward is not self.module:
+            self.forward.remove_hooks()  # ours; a FeatureModel given as the model keeps its own
         if self.moved_from is not None and self.moved_from != self.device:
             self.module.to(self.moved_from)
         for m, mode in self.modes.items():
@@ -194,7 +194,11 @@ class _Job:
         gone = {int(s["index"]) for s in sink.skipped}
         ids = [i for n, i in enumerate(self.source.ids) if n not in gone]
         manifest = self._manifest()
-        manifest.update(rows=len(ids), skipped=sink.skipped)
+        for key, value in tensors.items():
+            manifest["layers"][key].update(
+                shape=list(value.shape), dtype=str(value.dtype).removeprefix("torch.")
+            )
+        manifest.update(samples=self.n, rows=len(ids), skipped=sink.skipped)
         return Features({k: tensors[k] for k in self.paths}, ids, sink.skipped, manifest)
 
     # -- on disk ---------------------------------------------------------------------------------

@@ -191,8 +191,9 @@ class Output:
     ) -> dict[str, Any]:
         """Put the features file in place, then the manifest (rank 0, once every shard is in).
 
-        ``manifest`` gets ``rows``, ``ids`` (and ``targets``) of the kept samples and ``skipped``
-        (index, id and error of each unreadable sample left out) added; it is returned.
+        ``manifest`` gets each layer's ``shape`` and ``dtype``, the dataset's ``samples`` count,
+        ``rows``, ``ids`` (and ``targets``) of the kept samples and ``skipped`` (index, id and
+        error of each unreadable sample left out) added; it is returned.
         """
         if not self.features.is_file() or self.partial.exists():
             markers = self.done_shards()
@@ -216,7 +217,13 @@ class Output:
             _testing.point("finalize")
         skipped = json.loads((self.work / "skipped.json").read_text())
         gone = {int(s["index"]) for s in skipped}
-        manifest["rows"] = len(ids) - len(gone)
+        rows = len(ids) - len(gone)
+        for layer in layout.layers:
+            entry = manifest["layers"].setdefault(layer.key, {})
+            entry["shape"] = [rows, *layer.shape]
+            entry["dtype"] = str(layer.torch_dtype).removeprefix("torch.")
+        manifest["samples"] = len(ids)
+        manifest["rows"] = rows
         manifest["ids"] = [i for n, i in enumerate(ids) if n not in gone]
         if targets is not None:
             manifest["targets"] = [t for n, t in enumerate(targets) if n not in gone]
