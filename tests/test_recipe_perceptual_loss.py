@@ -40,9 +40,11 @@ def test_gradients_reach_the_generator_not_the_frozen_vgg() -> None:
         handle.remove()
     assert losses[-1] < losses[0]
     for name, p in generator.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
     for name, p in loss_fn.named_parameters():
-        assert not p.requires_grad and p.grad is None, name
+        assert not p.requires_grad, name
+        assert p.grad is None, name
     after = loss_fn.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert not any(m.training for m in loss_fn.vgg.modules())  # frozen VGG stays in eval mode
