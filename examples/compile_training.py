@@ -1,12 +1,14 @@
 """torch.compile of a FeatureModel in a training step.
 
-A small residual CNN (BatchNorm, ``ReLU(inplace=True)``, ``out += identity``: the in-place
-patterns featwrap guards against) is wrapped in a FeatureModel that returns its logits and two
-intermediate features, compiled with ``fullgraph=True`` (a graph break would raise), and trained
-with a loss on the logits and on a feature. Hooks registered at construction are traced into the
-graph like the rest of the forward.
+A small residual CNN (BatchNorm, ``ReLU(inplace=True)``, ``out += x``: the
+in-place patterns featwrap guards against) is wrapped in a FeatureModel that
+returns its logits and two intermediate features, compiled with
+``fullgraph=True`` (a graph break would raise), and trained with a loss on
+the logits and on the features. The hooks, registered at construction, are
+traced into the graph with the rest of the forward.
 
-Run it: ``uv run python examples/compile_training.py`` (the first step compiles: ~30 s on a CPU).
+Run it: ``uv run python examples/compile_training.py`` (the first step
+compiles: about 30 s on a CPU).
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class SmallNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-#: The features returned next to the logits: a BatchNorm output clobbered in place by ``+=``
-#: in eager mode, and the output of the first block.
+#: The features returned next to the logits: a BatchNorm output that
+#: ``+=`` modifies in place in eager mode, and the output of the first block.
 LAYERS = {"block1.bn": "bn", "block1": "block1"}
 
 
@@ -68,7 +70,7 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
 ) -> float:
-    """One optimisation step through ``forward`` (the compiled FeatureModel); the loss."""
+    """One step through ``forward`` (the compiled FeatureModel); the loss."""
     loss = loss_of(forward(images), labels)
     optimizer.zero_grad()
     loss.backward()
@@ -76,16 +78,20 @@ def train_step(
     return loss.item()
 
 
-def main(steps: int = 10, batch_size: int = 16, image_size: int = 16) -> list[float]:
-    """Train the compiled FeatureModel on a batch of random images; the loss of every step."""
+def main(
+    steps: int = 10, batch_size: int = 16, image_size: int = 16
+) -> list[float]:
+    """Train the compiled FeatureModel on random images; the losses."""
     torch.manual_seed(0)
     model = FeatureModel(SmallNet(), LAYERS).train()
-    compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break raises
+    compiled = torch.compile(model, fullgraph=True)  # a graph break raises
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(0, 10, (batch_size,))
-    losses = [train_step(compiled, optimizer, images, labels) for _ in range(steps)]
-    print(f"compiled training: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {steps} steps")
+    losses = [
+        train_step(compiled, optimizer, images, labels) for _ in range(steps)
+    ]
+    print(f"compiled training: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return losses
 
 

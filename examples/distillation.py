@@ -1,13 +1,19 @@
-"""Knowledge distillation with intermediate features: a ResNet-18 student learns from a ResNet-50.
+"""Knowledge distillation with intermediate features: ResNet-50 to ResNet-18.
 
-Both networks are FeatureModels returning their logits and two stages (strides 8 and 16). The
-student's stages have fewer channels than the teacher's (128/256 against 512/1024), so a 1x1
-convolution per stage (an adapter, trained with the student) maps one onto the other. The loss is
-cross-entropy on the labels + KL divergence to the teacher's softened logits (Hinton et al.,
-2015) + mean squared distance between adapted student features and teacher features (FitNets,
-Romero et al., 2015). The teacher is frozen and in eval mode: it never changes.
+Both networks are FeatureModels returning their logits and two stages
+(strides 8 and 16). The student's stages have fewer channels than the
+teacher's (128/256 against 512/1024), so a 1x1 convolution per stage (an
+adapter, trained with the student) maps one onto the other. The loss is:
 
-Run it: ``uv run python examples/distillation.py`` (random weights; a real teacher is trained).
+* cross-entropy on the labels,
+* KL divergence to the teacher's softened logits (Hinton et al., 2015),
+* mean squared distance between adapted student features and teacher
+  features (FitNets, Romero et al., 2015).
+
+The teacher is frozen and in eval mode: it never changes.
+
+Run it: ``uv run python examples/distillation.py`` (random weights; a real
+teacher is trained).
 """
 
 from __future__ import annotations
@@ -27,15 +33,15 @@ STAGES = {"layer2": "stride8", "layer3": "stride16"}
 
 def channels(model: FeatureModel, image_size: int = 32) -> dict[str, int]:
     """The channel count of each feature, from one forward on a dummy batch."""
+    was_training = model.training
     with torch.no_grad():
-        was_training = model.training
         out = model.eval()(torch.zeros(1, 3, image_size, image_size))
-        model.train(was_training)
+    model.train(was_training)
     return {k: v.shape[1] for k, v in out.items() if k != model.output_key}
 
 
 class Distiller(nn.Module):
-    """The student and its adapters (trained), and the teacher (frozen, always in eval mode)."""
+    """The student and its adapters (trained), and the teacher (frozen)."""
 
     def __init__(
         self,
@@ -46,21 +52,28 @@ class Distiller(nn.Module):
         feature_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        teacher.eval().requires_grad_(False)
         self.student = FeatureModel(student, stages)
-        self.teacher = FeatureModel(teacher.eval().requires_grad_(False), stages)
-        t_channels, s_channels = channels(self.teacher), channels(self.student)
+        self.teacher = FeatureModel(teacher, stages)
+        t_channels = channels(self.teacher)
+        s_channels = channels(self.student)
         self.adapters = nn.ModuleDict(
-            {k: nn.Conv2d(s_channels[k], t_channels[k], kernel_size=1) for k in s_channels}
+            {
+                k: nn.Conv2d(s_channels[k], t_channels[k], kernel_size=1)
+                for k in s_channels
+            }
         )
         self.temperature = temperature
         self.feature_weight = feature_weight
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
-        self.teacher.eval()  # BatchNorm statistics of the teacher must not move
+        self.teacher.eval()  # the teacher's BatchNorm statistics must not move
         return self
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """The loss terms for one batch (their sum under ``"loss"``)."""
         with torch.no_grad():
             teacher = self.teacher(images)
@@ -72,20 +85,29 @@ class Distiller(nn.Module):
             reduction="batchmean",
             log_target=True,
         ) * (t * t)
-        feature = sum(
-            (F.mse_loss(adapter(student[k]), teacher[k]) for k, adapter in self.adapters.items()),
-            images.new_zeros(()),
-        )
+        feature = torch.stack(
+            [
+                F.mse_loss(adapter(student[k]), teacher[k])
+                for k, adapter in self.adapters.items()
+            ]
+        ).sum()
         ce = F.cross_entropy(student["logits"], labels)
         loss = ce + kd + self.feature_weight * feature
         return {"loss": loss, "ce": ce, "kd": kd, "feature": feature}
 
 
 def train(
-    distiller: Distiller, images: torch.Tensor, labels: torch.Tensor, steps: int, lr: float = 0.01
+    distiller: Distiller,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float = 0.01,
 ) -> list[float]:
-    """Train the student and adapters on one batch for ``steps`` steps; the total losses."""
-    trained = [*distiller.student.parameters(), *distiller.adapters.parameters()]
+    """Train the student and adapters on one batch; the total losses."""
+    trained = [
+        *distiller.student.parameters(),
+        *distiller.adapters.parameters(),
+    ]
     optimizer = torch.optim.SGD(trained, lr=lr, momentum=0.9)
     distiller.train()
     losses = []
@@ -99,16 +121,19 @@ def train(
 
 
 def main(
-    steps: int = 10, image_size: int = 64, batch_size: int = 8, num_classes: int = 10
+    steps: int = 10,
+    image_size: int = 64,
+    batch_size: int = 8,
+    num_classes: int = 10,
 ) -> list[float]:
-    """Distil on a batch of random images; returns the loss of every step."""
+    """Distil on a batch of random images; the loss of every step."""
     torch.manual_seed(0)
-    teacher = resnet50(num_classes=num_classes)  # in real use: a trained teacher
+    teacher = resnet50(num_classes=num_classes)  # in real use: trained
     distiller = Distiller(resnet18(num_classes=num_classes), teacher)
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(0, num_classes, (batch_size,))
     losses = train(distiller, images, labels, steps)
-    print(f"distillation loss: {losses[0]:.4f} -> {losses[-1]:.4f} in {steps} steps")
+    print(f"distillation loss: {losses[0]:.4f} -> {losses[-1]:.4f}")
     return losses
 
 

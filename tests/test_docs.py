@@ -11,6 +11,9 @@ For each page of docs/ (one test per page), in page order and in one namespace:
   other shell lines (installing, building the site, torchrun) are what .ci/run and the recipe
   tests run.
 * a python block preceded by ``<!-- no-run: REASON -->`` is not run; the reason is required.
+
+Code and output blocks stay within 80 columns (snippets included), the width the site shows
+without a scroll bar.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from featwrap.cli import main as cli_main
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
+WIDTH = 80
 
 FENCE = re.compile(
     r"(?:^<!--\s*no-run:(?P<reason>[^>]*)-->[ \t]*\n)?"
@@ -138,6 +142,17 @@ def test_code_blocks_run(page: Path) -> None:
                     assert code == 0, f"{label}: `{command}` exited with {code}"
         else:
             assert block.skip_reason is None, f"{label}: no-run only applies to python blocks"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_code_fits_the_page_width(page: Path) -> None:
+    too_long = [
+        f"{page.relative_to(ROOT)}:{block.line}: {len(line)} columns: {line[:40]}..."
+        for block in blocks(page.read_text())
+        for line in include_snippets(block.code).splitlines()
+        if len(line) > WIDTH
+    ]
+    assert not too_long, "\n".join(too_long)
 
 
 def test_every_page_is_in_the_nav() -> None:
