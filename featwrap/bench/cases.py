@@ -145,6 +145,8 @@ def _standard(
     ]
     if "empty-hooks" in extra:
         methods.append(m.empty_hooks(model, layers, output_key))
+    if "keep-hooks" in extra:
+        methods.append(m.keep_hooks(model, layers, output_key))
     if "ilg" in extra:
         methods += [p for p in [m.intermediate_layer_getter(model, layers)] if p is not None]
     baseline = "plain"
@@ -222,7 +224,8 @@ def _hooks(n: int) -> Callable[[Settings], Setup]:
         gen = torch.Generator().manual_seed(s.seed)
         x = torch.randn(1, MLP_WIDTH, generator=gen).to(s.device)
         last = str(2 * MLP_BLOCKS - 1)
-        return _standard(model, mlp_layers(n), "logits", last, x, "no_grad", ("empty-hooks",))
+        extra = ("empty-hooks", "keep-hooks")
+        return _standard(model, mlp_layers(n), "logits", last, x, "no_grad", extra)
 
     return build
 

@@ -11,6 +11,7 @@ what a user calls.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,7 @@ __all__ = [
     "featwrap",
     "fx",
     "intermediate_layer_getter",
+    "keep_hooks",
     "lego",
     "plain",
     "plain_copy",
@@ -56,6 +58,7 @@ LABELS = {
     "lego": "Lego truncation nn.Sequential(children[:k])",
     "blog": "blog recipe: hooks fill a global dict (.detach())",
     "empty-hooks": "empty forward hooks (PyTorch's floor)",
+    "keep-hooks": "minimal hooks: found[key] = output (the floor for returning features)",
     "timm-features_only": "timm features_only",
     "timm-forward_intermediates": "timm forward_intermediates",
 }
@@ -220,6 +223,28 @@ def empty_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | N
 
 def _empty_hook(module: nn.Module, args: Any, output: Any) -> None:
     return None
+
+
+def keep_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | None) -> Method:
+    """The least a hook can do to return features: ``found[key] = output`` (no copy, no detach,
+    no check), the dict handed over and cleared after each forward. Not in-place safe."""
+    own = _own(model)
+    found: dict[str, Any] = {}
+    for path, key in layers.items():
+        own.get_submodule(path).register_forward_hook(functools.partial(_keep, found, key))
+
+    def run(x: torch.Tensor) -> dict[str, Any]:
+        out = own(x)
+        result = {output_key: out} if output_key is not None else {}
+        result.update(found)
+        found.clear()
+        return result
+
+    return Method("keep-hooks", "floor", run, _identity, _keys(layers, output_key))
+
+
+def _keep(found: dict[str, Any], key: str, module: nn.Module, args: Any, output: Any) -> None:
+    found[key] = output
 
 
 def timm_features_only(

@@ -14,7 +14,7 @@ __all__ = ["PLOT_DPI", "PLOT_INCHES", "console_case", "console_goals", "plot", "
 #: The plot's size: 11 x 4.4 inches at 100 dpi, i.e. 1100 x 440 pixels.
 PLOT_INCHES = (11.0, 4.4)
 PLOT_DPI = 100
-_PLOTTED = ("featwrap", "fx", "blog", "empty-hooks", "plain-copy")
+_PLOTTED = ("featwrap", "fx", "blog", "keep-hooks", "empty-hooks", "plain-copy")
 
 
 # -- numbers ----------------------------------------------------------------------------------------

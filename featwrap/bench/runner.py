@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from featwrap.bench.cases import Case, Settings, mode_context
+from featwrap.bench.cases import Case, Settings, Setup, mode_context
 from featwrap.bench.checks import Check, compare
 from featwrap.bench.memory import MemoryUse, measure
 from featwrap.bench.methods import Method
@@ -23,6 +23,7 @@ __all__ = [
     "CaseResult",
     "Environment",
     "MethodResult",
+    "check_methods",
     "clock_name",
     "run",
     "run_case",
@@ -143,7 +144,7 @@ def run_case(case: Case, settings: Settings) -> CaseResult:
     """Build, check, then time (and measure) the methods whose output is right."""
     setup = case.build(settings)
     x = setup.x
-    checks = {method.name: _check(method, setup.reference, x, case) for method in setup.methods}
+    checks = check_methods(case, setup)
     result = CaseResult(
         case.id,
         case.title,
@@ -220,6 +221,11 @@ def _bind(method: Method, x: torch.Tensor) -> Callable[[], Any]:
         return run(x)
 
     return call
+
+
+def check_methods(case: Case, setup: Setup) -> dict[str, Check]:
+    """Check every method of a built case against its reference, in the case's autograd mode."""
+    return {method.name: _check(method, setup.reference, setup.x, case) for method in setup.methods}
 
 
 def _check(
