@@ -139,8 +139,13 @@ def evaluate(results: BenchResults) -> list[Goal]:
         goals.insert(3, Goal("cost per hooked layer", "<= 2.0 us", "not measured (hooks-*)", None))
     else:
         where = f"slope over {len(mine.points)} hook counts"
-        if floor is not None:
-            where += f"; an empty hook costs {floor.per_layer_us:.2f} us in the same run"
+        if floor is not None and floor.per_layer_us > 0:
+            units = mine.per_layer_us / floor.per_layer_us
+            where += (
+                f"; an empty hook costs {floor.per_layer_us:.2f} us in the same run, so featwrap "
+                f"is {units:.2f} x the empty hook (about {1.6 * units:.1f} us with the empty hook "
+                "at 1.6 us)"
+            )
         goals.insert(
             3,
             Goal(
