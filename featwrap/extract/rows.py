@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from featwrap.errors import FeatwrapValueError, LayerSpecError
+from featwrap.errors import FeatwrapTypeError, FeatwrapValueError, LayerSpecError
 from featwrap.extract.pool import Pool, apply_pool
-from featwrap.layers import LayerSpec, resolve_layers
+from featwrap.layers import Capture, LayerSpec, resolve_layers
 from featwrap.model import FeatureModel
 
 __all__ = ["OUTPUT", "Forward", "compute_rows", "feature_forward"]
@@ -35,12 +35,19 @@ def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forwar
             "Name the layers to extract, e.g. layers=['layer4', 'logits'] ('logits': the model's "
             "own output). featwrap.list_layers(model) lists the paths."
         )
+    items: list[tuple[str, str | None]]
     if isinstance(layers, str):
-        items: list[tuple[str, str | None]] = [(layers, None)]
+        items = [(layers, None)]
     elif isinstance(layers, Mapping):
         items = list(layers.items())
     else:
-        items = [(path, None) for path in layers]
+        given = [layers] if isinstance(layers, Capture) else list(layers)
+        if any(not isinstance(path, str) for path in given):
+            raise FeatwrapTypeError(
+                "extract takes layer paths as strings (a module's input: 'fc:input'), got "
+                f"{layers!r:.120}. Capture objects are for FeatureModel."
+            )
+        items = [(str(path), None) for path in given]
     has_output_module = any(name == OUTPUT for name, _ in module.named_modules())
     output_key: str | None = None
     paths: dict[str, str] = {}
