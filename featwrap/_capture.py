@@ -255,6 +255,8 @@ class Session:
 
     # -- recording ---------------------------------------------------------------------------
     def record(self, indices: tuple[int, ...], output: Any) -> None:
+        if not self.remaining:  # traced with early stop: an eager forward has stopped by now
+            return
         counts = self.counts
         for i in indices:
             count = counts[i]
