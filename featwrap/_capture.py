@@ -243,6 +243,8 @@ class Session:
         self.own[i] = None if self.grad and not _grad_enabled() else output
 
     def record(self, indices: tuple[int, ...], output: Any) -> None:
+        if not self.remaining:  # traced with early stop: an eager forward has stopped by now
+            return
         rec = self.recorder
         counts = self.counts
         for i in indices:

@@ -98,9 +98,10 @@ def dry_run(
         except Exception as fake_error:
             values, real = _real_run(probe, size, inputs), True
             batch = 1 if size is None or not backbone.training else _FAKE_BATCH
+            cause = getattr(fake_error, "original", None) or fake_error  # a BackboneError's
+            reason = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]}"
             warnings.warn(
-                f"{type(backbone).__name__} could not run on fake tensors "
-                f"({type(fake_error).__name__}: {str(fake_error).strip()[:300]}), so its shapes "
+                f"{type(backbone).__name__} could not run on fake tensors ({reason}), so its shapes "
                 f"were measured with a real forward (batch {batch}, no grad); buffers and the "
                 "random number generator were restored afterwards.",
                 DryRunWarning,

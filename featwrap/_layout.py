@@ -28,6 +28,8 @@ def describe(
     k, n = len(spatial), len(shape)
     if n == 1:
         return "NC", shape[0], None
+    if k and n == k + 1 and all(d == 1 for d in shape[1:]):  # pooled to one pixel
+        return "NC" + "*" * k, shape[0], nice(spatial[0])
     if k and n == k + 1:
         first = _reduction(spatial, shape[1:])
         if first is not None:
