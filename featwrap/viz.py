@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 
-__all__ = ["channel_grid", "save_channel_grid", "save_layer_statistics"]
+__all__ = ["channel_grid", "save_channel_grid", "save_layer_statistics", "show"]
 
 
 def channel_grid(
@@ -164,3 +165,78 @@ def save_layer_statistics(
     figure.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.3, hspace=0.08)
     figure.savefig(path, format="png", dpi=dpi)
     return round(size[0] * dpi), round(size[1] * dpi)
+
+
+def show(
+    model: nn.Module,
+    image: str | os.PathLike[str] | Any,
+    layer: str,
+    out: str | os.PathLike[str],
+    *,
+    stats: str | os.PathLike[str] | None = None,
+    stats_layers: str | None = None,
+    transform: Any = None,
+    image_size: int | None = None,
+    max_channels: int = 64,
+) -> dict[str, Any]:
+    """Run ``model`` on one image; save the grid of ``layer``'s channels and, with ``stats``, the
+    statistics plot of every leaf layer (or of the layers matching the glob ``stats_layers``).
+
+    Args:
+        model: any module (left in its train/eval mode, hooks removed afterwards).
+        image: an image file, a ``PIL.Image`` or an already preprocessed ``(C, H, W)`` tensor.
+        layer: the layer path to draw (as for :class:`~featwrap.FeatureModel`).
+        out: the grid's PNG path.
+        stats: the statistics plot's PNG path (``None``: no plot).
+        stats_layers: glob of the layers in the plot (default: every leaf module).
+        transform: preprocessing of a file or PIL image (default:
+            :func:`featwrap.extract.data.default_transform`).
+        image_size: for the default transform: resize and center-crop to this size.
+        max_channels: at most this many channels in the grid.
+
+    Returns:
+        ``{"grid": (width, height), "shape": the layer's (C, H, W), "stats": (width, height) or
+        None, "layers": number of layers in the plot}``.
+    """
+    from featwrap.extract.data import ImageFolderData, default_transform
+    from featwrap.extract.load import layer_statistics
+    from featwrap.layers import list_layers
+    from featwrap.model import FeatureModel
+
+    prepare = transform or default_transform(model, None, image_size)
+    if isinstance(image, torch.Tensor):
+        x, name = image, "the input"
+    elif isinstance(image, (str, os.PathLike)):
+        x, name = ImageFolderData(image, prepare)[0], os.path.basename(image)
+    else:
+        x, name = prepare(image), "the image"
+    if stats_layers is None:
+        leaves = [p for p in list_layers(model) if not any(model.get_submodule(p).children())]
+    else:
+        leaves = list_layers(model, stats_layers)
+        if not leaves:
+            raise FeatwrapValueError(f"stats_layers={stats_layers!r} matches no layer.")
+    wanted = [layer, *(p for p in leaves if p != layer)] if stats is not None else [layer]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        fm = FeatureModel(model, wanted, output_key=None, detach=True, missing="skip")
+        with fm, torch.no_grad():
+            values = fm(x.unsqueeze(0))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    feature = values.get(layer)
+    if not isinstance(feature, torch.Tensor):
+        raise FeatwrapValueError(
+            f"Layer {layer!r} returned {type(feature).__name__}, not a tensor, to draw."
+        )
+    result: dict[str, Any] = {"shape": tuple(feature.shape[1:]), "stats": None, "layers": 0}
+    result["grid"] = save_channel_grid(feature[0], out, max_channels=max_channels)
+    if stats is not None:
+        tensors = {k: v for k, v in values.items() if k in leaves and isinstance(v, torch.Tensor)}
+        numbers = layer_statistics(tensors)
+        title = f"Activation statistics: {name}"
+        result["stats"] = save_layer_statistics(numbers, stats, title=title)
+        result["layers"] = len(numbers)
+    return result

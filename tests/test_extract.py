@@ -318,7 +318,7 @@ def test_argument_errors(net: TinyNet, data: TensorDataset) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["featwrap.extract.data", "featwrap.extract.layout", "featwrap.extract.plan",
+    ["featwrap.extract.data", "featwrap.extract.layout", "featwrap.extract.plan", "featwrap.extract.store",
      "featwrap.extract.pool", "featwrap.viz"],
 )  # fmt: skip
 def test_docstring_examples(module: str) -> None:

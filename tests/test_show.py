@@ -104,3 +104,25 @@ def test_channel_grid_shapes_and_values(tmp_path: Path) -> None:
     assert save_layer_statistics(stats, tmp_path / "s.png", size=(4, 3), dpi=50) == (200, 150)
     with Image.open(tmp_path / "s.png") as image:
         assert image.size == (200, 150)
+
+
+def test_show_function_leaves_the_model_as_found(tmp_path: Path) -> None:
+    from torch import nn
+
+    from featwrap.viz import show
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 3))
+    model.train()
+    image = Image.open(sample_image("shapes.jpg"))
+    result = show(model, image, "1", tmp_path / "g.png", stats=tmp_path / "s.png", image_size=20)
+    assert result["shape"] == (5, 18, 18)
+    assert result["grid"] == grid_size(5, 18, 18) == (3 * (54 + 2) + 2, 2 * (54 + 2) + 2)
+    assert result["stats"] == (1000, 600)
+    assert result["layers"] == 4
+    with Image.open(tmp_path / "g.png") as png:
+        assert png.size == result["grid"]
+    assert model.training
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks for m in model.modules())
+    assert int(model[1].num_batches_tracked) == 0  # ran in eval mode: BatchNorm stats untouched

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from featwrap.errors import FeatwrapValueError
 
 HELP = "save a PNG grid of a layer's channels and a plot of per-layer activation statistics"
@@ -46,30 +44,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from featwrap.extract import layer_statistics
-    from featwrap.viz import save_channel_grid, save_layer_statistics
-
     out = Path(args.out)
-    stats_path = Path(args.stats) if args.stats else None
+    stats: Path | None = Path(args.stats) if args.stats else None
     if args.stats is None:
-        stats_path = out.with_name(out.stem + "-stats.png")
+        stats = out.with_name(out.stem + "-stats.png")
     if args.features is not None:
-        grid_source, stats, what = _from_features(args)
-    else:
-        grid_source, stats, what = _from_image(args)
-    width, height = save_channel_grid(grid_source, out, max_channels=args.max_channels)
-    shown = min(args.max_channels, grid_source.shape[0]) if grid_source.ndim == 3 else 1
-    print(f"Wrote {out} ({width}x{height} px): {shown} channels of {args.layer} "
-          f"{tuple(grid_source.shape)} for {what}.")  # fmt: skip
-    if stats_path is not None:
-        numbers = layer_statistics(stats)
-        w, h = save_layer_statistics(numbers, stats_path, title=f"Activation statistics: {what}")
-        print(f"Wrote {stats_path} ({w}x{h} px): statistics of {len(numbers)} layers.")
-    return 0
+        return _from_features(args, out, stats)
+    return _from_image(args, out, stats)
 
 
-def _from_features(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
-    from featwrap.extract import load_features
+def _from_features(args: argparse.Namespace, out: Path, stats: Path | None) -> int:
+    from featwrap.extract import layer_statistics, load_features
+    from featwrap.viz import save_channel_grid, save_layer_statistics
 
     features = load_features(args.features)
     if args.layer not in features:
@@ -85,15 +71,23 @@ def _from_features(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, to
     if not 0 <= args.index < rows:
         raise FeatwrapValueError(f"--index {args.index} is out of range: there are {rows} rows.")
     what = f"{features.ids[args.index]} in {args.features}"
-    return features[args.layer][args.index], dict(features), what
+    feature = features[args.layer][args.index]
+    width, height = save_channel_grid(feature, out, max_channels=args.max_channels)
+    _report(out, (width, height), args, tuple(feature.shape), what)
+    if stats is not None:
+        numbers = layer_statistics(features, max_rows=4096)
+        size = save_layer_statistics(
+            numbers, stats, title=f"Activation statistics: {args.features}"
+        )
+        print(f"Wrote {stats} ({size[0]}x{size[1]} px): statistics of {len(numbers)} layers.")
+    return 0
 
 
-def _from_image(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+def _from_image(args: argparse.Namespace, out: Path, stats: Path | None) -> int:
     from featwrap.assets import sample_image
-    from featwrap.extract.data import ImageFolderData, default_transform
+    from featwrap.extract.data import default_transform
     from featwrap.hub import load_model, load_model_cached
-    from featwrap.layers import list_layers
-    from featwrap.model import FeatureModel
+    from featwrap.viz import show
 
     if args.weights == "auto":
         loaded, note = load_model_cached(args.model)
@@ -101,29 +95,28 @@ def _from_image(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, torch
             print(f"featwrap: {note}")
     else:
         loaded = load_model(args.model, args.weights)
-    model = loaded.model
     image = Path(args.image) if args.image else sample_image()
     if not image.exists() and image.parent == Path() and sample_image(image.name).is_file():
         print(
             f"featwrap: no {image} here; using the sample image {image.name} shipped with featwrap."
         )
         image = sample_image(image.name)
-    data = ImageFolderData(image, default_transform(model, loaded.transforms, args.image_size))
-    x = data[0].unsqueeze(0)
-    if args.stats_layers is None:  # every leaf module
-        leaves = [p for p in list_layers(model) if not any(model.get_submodule(p).children())]
-    else:
-        leaves = list_layers(model, args.stats_layers)
-        if not leaves:
-            raise FeatwrapValueError(f"--stats-layers {args.stats_layers!r} matches no layer.")
-    wanted = [args.layer, *(p for p in leaves if p != args.layer)]
-    fm = FeatureModel(model, wanted, output_key=None, detach=True, missing="skip")
-    with fm, torch.no_grad():
-        out = fm(x)
-    grid = out[args.layer]
-    if not isinstance(grid, torch.Tensor):
-        raise FeatwrapValueError(
-            f"--layer {args.layer!r} returns {type(grid).__name__}, not a tensor."
-        )
-    stats = {k: v for k, v in out.items() if k in leaves and isinstance(v, torch.Tensor)}
-    return grid[0], stats, data.ids[0]
+    transform = default_transform(loaded.model, loaded.transforms, args.image_size)
+    result = show(
+        loaded.model, image, args.layer, out, stats=stats, stats_layers=args.stats_layers,
+        transform=transform, max_channels=args.max_channels,
+    )  # fmt: skip
+    _report(out, result["grid"], args, result["shape"], image.name)
+    if stats is not None:
+        w, h = result["stats"]
+        print(f"Wrote {stats} ({w}x{h} px): statistics of {result['layers']} layers.")
+    return 0
+
+
+def _report(
+    out: Path, size: tuple[int, int], args: argparse.Namespace, shape: tuple[int, ...], what: str
+) -> None:
+    shown = min(args.max_channels, shape[0]) if len(shape) == 3 else 1
+    print(
+        f"Wrote {out} ({size[0]}x{size[1]} px): {shown} channels of {args.layer} {shape} for {what}."
+    )

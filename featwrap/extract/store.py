@@ -269,14 +269,30 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``"layers: ['a'] -> ['b']; pool: ..."``: the fields that differ, shortened."""
+    """The fields that differ: ``"dtype: None -> 'float16'; layers: 'conv2' removed"``.
+
+    >>> describe_changes({"pool": {"a": "none"}, "n": 3}, {"pool": {"a": "avg"}, "n": 4})
+    "n: 3 -> 4; pool: 'a' 'none' -> 'avg'"
+    """
     parts = []
     for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            parts.append(f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}")
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes = [f"{k!r} removed" for k in before if k not in after]
+            changes += [f"{k!r} added" for k in after if k not in before]
+            changes += [
+                f"{k!r} {_short(before[k])} -> {_short(after[k])}"
+                for k in before
+                if k in after and before[k] != after[k]
+            ]
+            parts.append(f"{key}: {', '.join(changes)}")
+        else:
+            parts.append(f"{key}: {_short(before)} -> {_short(after)}")
     return "; ".join(parts) or "same arguments"
 
 
-def _short(value: Any, n: int = 70) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+def _short(value: Any, n: int = 40) -> str:
+    text = repr(value) if value is None or isinstance(value, (str, int, float)) else str(value)
     return text if len(text) <= n else text[: n - 3] + "..."
