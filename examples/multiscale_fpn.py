@@ -24,10 +24,14 @@ from featwrap.hub import load_model
 class SegmentationFPN(nn.Module):
     """Backbone stages -> FPN -> a per-pixel classifier on the finest level, upsampled."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, image_size: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, image_size: int
+    ) -> None:
         super().__init__()
         # the last four stages (strides 4 to 32); the forward stops after the last one
-        self.body = FeatureModel(backbone, stages(backbone, out_indices=4), output_key=None)
+        self.body = FeatureModel(
+            backbone, stages(backbone, out_indices=4), output_key=None
+        )
         info = self.body.feature_info((3, image_size, image_size))
         self.fpn = FeaturePyramidNetwork(info.channels(), out_channels=64)  # type: ignore[arg-type]
         self.classifier = nn.Conv2d(64, num_classes, kernel_size=1)
@@ -36,11 +40,15 @@ class SegmentationFPN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = OrderedDict(
             (key, _channels_first(value, layout))
-            for (key, value), layout in zip(self.body(images).items(), self.layouts, strict=True)
+            for (key, value), layout in zip(
+                self.body(images).items(), self.layouts, strict=True
+            )
         )
         finest = next(iter(self.fpn(features).values()))
         logits = self.classifier(finest)
-        return nn.functional.interpolate(logits, size=images.shape[-2:], mode="bilinear")
+        return nn.functional.interpolate(
+            logits, size=images.shape[-2:], mode="bilinear"
+        )
 
 
 def _channels_first(value: torch.Tensor, layout: str | None) -> torch.Tensor:
@@ -49,7 +57,11 @@ def _channels_first(value: torch.Tensor, layout: str | None) -> torch.Tensor:
 
 
 def train(
-    backbone: nn.Module, steps: int = 20, image_size: int = 64, batch: int = 4, seed: int = 0
+    backbone: nn.Module,
+    steps: int = 20,
+    image_size: int = 64,
+    batch: int = 4,
+    seed: int = 0,
 ) -> list[float]:
     """Fit the segmentation FPN on random images; the losses, step by step.
 
@@ -57,11 +69,13 @@ def train(
     over 4x4 cells) is largest.
     """
     torch.manual_seed(seed)
-    model = SegmentationFPN(backbone, num_classes=3, image_size=image_size).train()
+    model = SegmentationFPN(
+        backbone, num_classes=3, image_size=image_size
+    ).train()
     cells = torch.randn(batch, 3, image_size // 4, image_size // 4)
-    images = nn.functional.interpolate(cells, scale_factor=4.0) + 0.1 * torch.randn(
-        batch, 3, image_size, image_size
-    )
+    images = nn.functional.interpolate(
+        cells, scale_factor=4.0
+    ) + 0.1 * torch.randn(batch, 3, image_size, image_size)
     masks = images.argmax(dim=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     losses = []
@@ -82,7 +96,9 @@ def main() -> None:
     args = parser.parse_args()
     backbone = load_model(args.model).model
     losses = train(backbone, steps=args.steps, image_size=args.image_size)
-    print(f"{args.model}: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps")
+    print(
+        f"{args.model}: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Used by :func:`featwrap.feature_info`, :func:`featwrap.summary` and :func:`featwrap.stages`. The
 run goes through a temporary FeatureModel (removed afterwards), so what it measures is what a
 FeatureModel with the same layers returns, including which outputs a later in-place op modifies
-(learned by the same version-counter probe as a real first call).
+(the outputs returned as copy-on-write snapshots because an in-place op changed them).
 """
 
 from __future__ import annotations

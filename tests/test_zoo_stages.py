@@ -135,7 +135,7 @@ def check_torchvision(name: str, fx: bool) -> None:
     with torch.no_grad():
         fm(x)
         theirs = extractor(x)
-    copied = {fm._recorder.keys[i] for i in fm._recorder.copy_keys[(False, False)]}
+    copied = {fm._recorder.keys[i] for i in fm._recorder.last_modified}
     for path, ours in out.items():
         if path in copied:  # modified in place later: FX returns the modified value
             continue
