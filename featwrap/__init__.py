@@ -5,7 +5,6 @@
 
 from featwrap.errors import (
     BackboneError,
-    FeatureModifiedError,
     FeatwrapError,
     HooksRemovedError,
     LayerNotFoundError,
@@ -13,6 +12,7 @@ from featwrap.errors import (
     MissingFeatureError,
     RepeatedCallError,
 )
+from featwrap.extract import DataError, Features, ResumeMismatchError, extract, load_features
 from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta, feature_info
 from featwrap.layers import Capture, LayerSpec, list_layers
 from featwrap.model import FeatureModel
@@ -24,11 +24,12 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneError",
     "Capture",
+    "DataError",
     "DryRunWarning",
     "FeatureInfo",
     "FeatureMeta",
     "FeatureModel",
-    "FeatureModifiedError",
+    "Features",
     "FeatwrapError",
     "HooksRemovedError",
     "LayerNotFoundError",
@@ -38,9 +39,12 @@ __all__ = [
     "LayerSummary",
     "MissingFeatureError",
     "RepeatedCallError",
+    "ResumeMismatchError",
     "__version__",
+    "extract",
     "feature_info",
     "list_layers",
+    "load_features",
     "stages",
     "summary",
 ]

@@ -9,12 +9,15 @@ Design, in short:
   is found through a ``threading.local``, so forwards in several threads never mix, and a value
   from an earlier call can never be returned. Under ``torch.compile`` tracing the session sits in
   a plain attribute that dynamo can follow (and that is cleared before the forward returns).
-* In-place safety without paying for copies: the first forward in each mode (train/eval x grad
-  on/off) copies every captured tensor and watches the originals' version counters (or compares
-  values, for inference tensors). A layer whose output was modified after it returned is copied
-  from then on; the others are returned as the very tensors the modules produced, and their
-  version counters are still checked at the end of every forward, so a modification that shows
-  up only later (data-dependent control flow) is never returned silently.
+* In-place safety without paying for copies: at capture, featwrap takes a copy-on-write snapshot
+  of the tensor (``torch._lazy_clone``: shares memory, copies nothing) and notes its version
+  counter. When the forward ends, a tensor nothing wrote to is returned as itself (the very
+  tensor the module produced; the snapshot is dropped, so no copy ever happens). A tensor that a
+  later in-place op modified (``ReLU(inplace=True)``, ``x += y``) is returned as the snapshot: the
+  write copied the memory first, so the snapshot still holds what the module returned. This holds
+  whatever the control flow, on every call, with a copy exactly where an in-place op followed.
+  Tensors without copy-on-write support (sparse, nested) get a real copy; under
+  ``torch.compile`` a ``clone`` that the compiler plans.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import Any
 import torch
 
 from featwrap import _tree
-from featwrap.errors import FeatureModifiedError, MissingFeatureError, RepeatedCallError
+from featwrap.errors import MissingFeatureError, RepeatedCallError
 
 Tensor = torch.Tensor
+_lazy_clone = torch._lazy_clone
 _grad_enabled = torch.is_grad_enabled
 
 
@@ -64,22 +68,12 @@ class StopForward(BaseException):
 _UNSET: Any = object()
 
 
-class _Every(frozenset[int]):
-    """Contains every key index: the copy set of a probing or traced session."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_EVERY = _Every()
-
-
 class _Local(threading.local):
     session: Session | None = None
 
 
 class Recorder:
-    """Per-FeatureModel state shared by its hooks: the layer keys, options and what was learned.
+    """Per-FeatureModel state shared by its hooks: the layer keys and options.
 
     Holds no tensor between calls: sessions are per call and dropped when the call ends.
     """
@@ -102,8 +96,8 @@ class Recorder:
         self.missing = missing
         self.stop_early = stop_early
         self.wait_for_parent = tuple(wait_for_parent)
-        # per mode (training, grad enabled): None until probed, then which keys need a copy
-        self.copy_keys: dict[tuple[bool, bool], frozenset[int]] = {}
+        # keys whose output a later in-place op modified in the last forward (for summaries)
+        self.last_modified: frozenset[int] = frozenset()
         self.traced: Session | None = None
         self._local = _Local()
 
@@ -119,10 +113,9 @@ class Recorder:
         self._local = _Local()
 
     # -- sessions --------------------------------------------------------------------------------
-    def open(self, training: bool) -> tuple[Session, Session | None]:
+    def open(self) -> tuple[Session, Session | None]:
         """Start a session for a forward in this thread; returns it and the one it shadows."""
-        mode = (training, torch.is_grad_enabled())
-        session = Session(self, self.copy_keys.get(mode), mode, traced=False)
+        session = Session(self, traced=False)
         local = self._local
         previous = local.session
         local.session = session
@@ -132,8 +125,8 @@ class Recorder:
         self._local.session = previous
 
     def open_traced(self) -> Session:
-        """A session for a forward being traced by torch.compile: copies every captured value."""
-        session = Session(self, None, (False, False), traced=True)
+        """A session for a forward being traced by torch.compile: clones every captured value."""
+        session = Session(self, traced=True)
         self.traced = session
         return session
 
@@ -145,25 +138,19 @@ class Recorder:
             session = self._local.session
             if session is None:
                 return
-        fast = session.fast
-        if fast is None or type(output) is not Tensor:
-            session.record(indices, output)
+        if session.fast and type(output) is Tensor:
+            # The common case inlined (repeats="last", no early stop, a tensor): Session.keep.
+            for i in indices:
+                session.counts[i] += 1
+                try:
+                    session.values[i] = _lazy_clone(output)
+                    session.versions[i] = output._version
+                except (NotImplementedError, RuntimeError):  # no copy-on-write, or no versions
+                    session.keep(i, output)
+                    continue
+                session.own[i] = None if session.grad and not _grad_enabled() else output
             return
-        # The common case inlined (repeats="last", no early stop, after the probe, a tensor):
-        # store the very tensor and its version counter, checked when the forward ends.
-        for i in indices:
-            session.counts[i] += 1
-            if i in fast:
-                session.values[i] = session.capture_copy(i, output)
-                session.versions[i] = -1
-                continue
-            try:
-                session.versions[i] = output._version
-            except RuntimeError:  # an inference tensor counts no versions
-                session.values[i] = session.capture_tree(i, output)
-                session.versions[i] = -1
-            else:
-                session.values[i] = output.detach() if session.must_detach() else output
+        session.record(indices, output)
 
     def on_selected_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
@@ -207,80 +194,76 @@ class Session:
 
     __slots__ = (
         "all_calls",
-        "copy",
         "counts",
-        "detach",
         "done",
         "fast",
-        "mode",
-        "probe",
+        "grad",
+        "own",
         "recorder",
         "remaining",
-        "stop_early",
         "traced",
         "values",
         "versions",
-        "watched_trees",
     )
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        copy_keys: frozenset[int] | None,
-        mode: tuple[bool, bool],
-        traced: bool,
-    ) -> None:
+    def __init__(self, recorder: Recorder, traced: bool) -> None:
         n = len(recorder.keys)
         self.recorder = recorder
-        self.mode = mode
         self.traced = traced
-        self.detach = recorder.detach
-        self.stop_early = recorder.stop_early
+        self.grad = torch.is_grad_enabled()
         self.all_calls = recorder.repeats is Repeats.ALL
-        self.probe = copy_keys is None and not traced
-        # which keys are copied at capture: all while probing or tracing, else the learned ones
-        self.copy: frozenset[int] = _EVERY if copy_keys is None else copy_keys
-        # the keys to copy when the hook's inlined fast path applies; None when it does not
-        plain = not (self.probe or traced or self.all_calls or self.stop_early)
-        self.fast = copy_keys if plain and recorder.repeats is Repeats.LAST else None
+        # whether the hook's inlined fast path applies
+        self.fast = not (traced or recorder.stop_early) and recorder.repeats is Repeats.LAST
+        # values[i]: the snapshot (or, for structures and repeats="all", the snapshotted value)
         self.values: list[Any] = [[] for _ in range(n)] if self.all_calls else [_UNSET] * n
+        # own[i]: the module's own tensor, returned instead of the snapshot if nothing wrote to
+        # it (its version counter is then unchanged); None where that does not apply
+        self.own: list[Tensor | None] = [None] * n
+        self.versions = [0] * n
         self.counts = [0] * n
         self.done = [False] * n
         self.remaining = n
-        # version at capture of the bare tensor returned uncopied as values[i] (a detached alias
-        # shares the version counter); -1 when values[i] is not such a tensor
-        self.versions = [-1] * n
-        # the rest: (key index, original value, its versions or None, the copy made or None)
-        self.watched_trees: list[tuple[int, Any, tuple[int, ...] | None, Any]] = []
 
     # -- recording ---------------------------------------------------------------------------
+    def keep(self, i: int, output: Tensor) -> None:
+        """Record a bare tensor: a copy-on-write snapshot, and the tensor with its version."""
+        try:
+            self.values[i] = _lazy_clone(output)
+        except (NotImplementedError, RuntimeError):  # no copy-on-write for this layout
+            self.values[i] = output.clone()
+            self.own[i] = None
+            return
+        try:
+            self.versions[i] = output._version
+        except RuntimeError:  # an inference tensor counts no versions: the snapshot it is
+            self.own[i] = None
+            return
+        # With grad off inside a forward with grad on (a reentrant checkpoint), the tensor is
+        # given a graph after the hook ran; the snapshot, made now, has none: keep to that.
+        self.own[i] = None if self.grad and not _grad_enabled() else output
+
     def record(self, indices: tuple[int, ...], output: Any) -> None:
         if not self.remaining:  # traced with early stop: an eager forward has stopped by now
             return
+        rec = self.recorder
         counts = self.counts
         for i in indices:
             count = counts[i]
             counts[i] = count + 1
             if count and self._repeat_ignored(i, count):
                 continue
-            if self.all_calls or i in self.copy or type(output) is not Tensor:
-                value = (
-                    self.capture_copy(i, output) if i in self.copy else self.capture_tree(i, output)
-                )
-                if self.all_calls:
-                    self.values[i].append(value)
-                else:
-                    self.values[i] = value
-                    self.versions[i] = -1
-            else:  # the fast path: the very tensor, its version counter checked at the end
-                try:
-                    self.versions[i] = output._version
-                except RuntimeError:  # an inference tensor counts no versions
-                    self.values[i] = self.capture_tree(i, output)
-                    self.versions[i] = -1
-                else:
-                    self.values[i] = output.detach() if self.detach else output
-            if self.stop_early and not count and not self.recorder.wait_for_parent[i]:
+            if self.traced:  # the compiler sees in-place ops as data flow: a clone it can plan
+                value = _tree.clone(output, rec.detach)
+            elif self.all_calls or type(output) is not Tensor:
+                value = _tree.snapshot(output, rec.detach)
+            else:
+                self.keep(i, output)
+                value = _UNSET
+            if self.all_calls:
+                self.values[i].append(value)
+            elif value is not _UNSET:
+                self.values[i] = value
+            if rec.stop_early and not count and not rec.wait_for_parent[i]:
                 self._mark_done(i)
 
     def _repeat_ignored(self, i: int, count: int) -> bool:
@@ -294,25 +277,6 @@ class Session:
                 "'first' or 'all' (a list of every call) to accept this."
             )
         return False
-
-    def must_detach(self) -> bool:
-        """Detach on request, and for values made with grad off inside a forward with grad on:
-        a reentrant checkpoint's autograd.Function attaches a graph to its output later, after
-        the hook ran, which a copy made at capture would not have."""
-        return self.detach or (self.mode[1] and not _grad_enabled())
-
-    def capture_copy(self, i: int, output: Any) -> Any:
-        value = _tree.clone(output, self.detach)
-        if self.probe:
-            versions = _tree.versions(output)
-            self.watched_trees.append((i, output, versions, value if versions is None else None))
-        return value
-
-    def capture_tree(self, i: int, output: Any) -> Any:
-        versions = _tree.versions(output)
-        if versions is not None:
-            self.watched_trees.append((i, output, versions, None))
-        return _tree.detach(output) if self.must_detach() else _tree.shallow(output)
 
     def parent_done(self, indices: tuple[int, ...]) -> None:
         for i in indices:
@@ -330,37 +294,23 @@ class Session:
         return [keys[i] for i, c in enumerate(self.counts) if c]
 
     # -- the end of the forward --------------------------------------------------------------
-    def check_modified(self) -> None:
-        """Learn (probe) or verify (later calls) which captured outputs were modified in place."""
+    def _final_values(self) -> list[Any]:
+        """Each key's value: the module's own tensor where nothing wrote to it, else the snapshot."""
+        if self.all_calls:
+            return [list(v) for v in self.values]
         values = self.values
-        modified = {
-            i
-            for i, (version, value) in enumerate(zip(self.versions, values, strict=True))
-            if version >= 0 and value._version != version
-        }
-        for i, original, versions, copy in self.watched_trees:
-            if copy is None:
-                changed = _tree.versions(original) != versions
-            else:  # inference tensors count no versions: compare values (probe only)
-                changed = not _tree.equal(original, copy)
-            if changed:
-                modified.add(i)
-        self.watched_trees = []
-        rec = self.recorder
-        if self.probe:
-            rec.copy_keys[self.mode] = frozenset(modified)
-            return
-        if modified:
-            learned = rec.copy_keys.get(self.mode, frozenset())
-            rec.copy_keys[self.mode] = learned | modified
-            names = ", ".join(repr(rec.keys[i]) for i in sorted(modified))
-            raise FeatureModifiedError(
-                f"The output of layer {names} was modified in place later in this forward (by an "
-                "in-place op such as ReLU(inplace=True) or `x += y` in the model), which had not "
-                "happened in earlier forwards in this mode, so the captured value is no longer "
-                "what the layer returned. featwrap now copies this layer's output at capture: run "
-                "the forward again. (The model's control flow depends on its input here.)"
-            )
+        versions = self.versions
+        modified = []
+        for i, own in enumerate(self.own):
+            if own is not None:
+                if own._version == versions[i]:
+                    values[i] = own
+                else:
+                    modified.append(i)
+        self.recorder.last_modified = frozenset(modified)
+        if self.recorder.detach and not self.traced:
+            return [v.detach() if type(v) is Tensor else v for v in values]
+        return values
 
     def result(self, output: Any, output_key: str | None) -> dict[str, Any]:
         """The dict returned by FeatureModel.forward; checks missing layers."""
@@ -368,9 +318,9 @@ class Session:
         features: dict[str, Any] = {}
         if output_key is not None:
             features[output_key] = output
-        values = [list(v) for v in self.values] if self.all_calls else self.values
+        values = self._final_values()
         if 0 not in self.counts:  # every layer fired: the common case, at C speed
-            features.update(zip(rec.keys, values, strict=False))
+            features.update(zip(rec.keys, values, strict=True))
             return features
         missing: list[str] = []
         for i, key in enumerate(rec.keys):

@@ -96,7 +96,6 @@ def dry_run(
         try:
             values, real = _fake_run(probe, size, inputs), False
         except Exception as fake_error:
-            probe._recorder.copy_keys.clear()
             values, real = _real_run(probe, size, inputs), True
             batch = 1 if size is None or not backbone.training else _FAKE_BATCH
             cause = getattr(fake_error, "original", None) or fake_error  # a BackboneError's
@@ -108,9 +107,8 @@ def dry_run(
                 DryRunWarning,
                 stacklevel=3,
             )
-        mode = (backbone.training, False)
         keys = probe._recorder.keys
-        modified = frozenset(keys[i] for i in probe._recorder.copy_keys.get(mode, ()))
+        modified = frozenset(keys[i] for i in probe._recorder.last_modified)
     finally:
         probe.remove_hooks()
     spatial = size[1:] if size is not None else _spatial_of(inputs)

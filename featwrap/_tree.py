@@ -75,21 +75,26 @@ def _rebuild(original: Any, items: Any) -> Any:
         return type(items)(items) if not isinstance(original, tuple) else tuple(items)
 
 
-def versions(value: Any) -> tuple[int, ...] | None:
-    """The version counters of the tensors in ``value``; ``None`` when one has none.
+def snapshot(value: Any, detach: bool) -> Any:
+    """A copy-on-write snapshot of every tensor in ``value`` (structures rebuilt).
 
-    Inference tensors (made under ``torch.inference_mode``) do not count versions.
+    A snapshot shares memory with the original until either is written to in place; then the
+    writer copies first. Tensors without copy-on-write support (sparse, nested) are cloned.
     """
-    if isinstance(value, Tensor):
-        if value.is_inference():
-            return None
-        return (value._version,)
-    out: list[int] = []
-    for t in tensors(value):
-        if t.is_inference():
-            return None
-        out.append(t._version)
-    return tuple(out)
+    if detach:
+        return map_tensors(_detached_snapshot, value)
+    return map_tensors(_snapshot, value)
+
+
+def _snapshot(t: Tensor) -> Tensor:
+    try:
+        return torch._lazy_clone(t)
+    except (NotImplementedError, RuntimeError):
+        return t.clone()
+
+
+def _detached_snapshot(t: Tensor) -> Tensor:
+    return _snapshot(t.detach())
 
 
 def clone(value: Any, detach: bool) -> Any:
@@ -99,34 +104,8 @@ def clone(value: Any, detach: bool) -> Any:
     return map_tensors(torch.Tensor.clone, value)
 
 
-def detach(value: Any) -> Any:
-    """``value`` with every tensor detached (structures rebuilt)."""
-    if isinstance(value, Tensor):
-        return value.detach()
-    return map_tensors(torch.Tensor.detach, value)
-
-
-def shallow(value: Any) -> Any:
-    """``value`` itself if it is a tensor, else a rebuilt structure sharing its tensors."""
-    if isinstance(value, Tensor):
-        return value
-    return map_tensors(_identity, value)
-
-
-def equal(a: Any, b: Any) -> bool:
-    """Whether two structures hold tensors with the same values (used on inference tensors)."""
-    ta, tb = list(tensors(a)), list(tensors(b))
-    return len(ta) == len(tb) and all(
-        x.shape == y.shape and bool(torch.equal(x, y)) for x, y in zip(ta, tb, strict=True)
-    )
-
-
 def _detached_clone(t: Tensor) -> Tensor:
     return t.detach().clone()
-
-
-def _identity(t: Tensor) -> Tensor:
-    return t
 
 
 # -- selectors: one part of a captured value (featwrap.Capture(select=...)) ----------------------

@@ -11,7 +11,6 @@ import builtins
 
 __all__ = [
     "BackboneError",
-    "FeatureModifiedError",
     "FeatwrapError",
     "FeatwrapTypeError",
     "FeatwrapValueError",
@@ -49,10 +48,6 @@ class MissingFeatureError(FeatwrapError, RuntimeError):
 
 class RepeatedCallError(FeatwrapError, RuntimeError):
     """A requested layer ran more than once in one forward (with ``repeats="error"``)."""
-
-
-class FeatureModifiedError(FeatwrapError, RuntimeError):
-    """A captured output was modified in place later in the forward, in a way not seen before."""
 
 
 class HooksRemovedError(FeatwrapError, RuntimeError):

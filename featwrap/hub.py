@@ -247,3 +247,86 @@ def _unknown(name: str, source: str | None = None) -> str:
         "'timm:convnext_atto' or 'package.module:factory'; torchvision.models.list_models() and "
         "timm.list_models() list them."
     )
+
+
+# -- pretrained when cached, else random (featwrap extract's default) ------------------------------
+def load_model_cached(name: str, **kwargs: Any) -> tuple[LoadedModel, str | None]:
+    """The model with pretrained weights when they are in the local cache, else random ones.
+
+    Never downloads. torchvision weights are looked up in ``torch.hub``'s checkpoint folder
+    (``$TORCH_HOME/hub/checkpoints``), timm weights in the Hugging Face cache. Returns the model
+    and, when it fell back to random (seeded) weights, a note that says so and how to get the
+    pretrained ones; ``None`` when the weights are pretrained (or the model has none to offer).
+    """
+    source, _, short = name.rpartition(":")
+    if source in ("", "torchvision", "tv") and (source or _torchvision_has(short)):
+        cached = _cached_torchvision_weights(short)
+        if cached is not None and cached[1].is_file():
+            return load_model(name, cached[0], **kwargs), None
+        loaded = load_model(name, "none", **kwargs)
+        if cached is None:
+            return loaded, None
+        return loaded, _random_note(
+            loaded.name,
+            f"the local cache ({cached[1]})",
+            f"download {cached[2]} to that path (or run once online with --weights DEFAULT)",
+        )
+    if source == "timm" or (source == "" and _timm_has(short)):
+        file, repo = _cached_timm_weights(short)
+        if file is not None:
+            import timm
+
+            model = timm.create_model(
+                short, pretrained=True, pretrained_cfg_overlay={"file": file}, **kwargs
+            )
+            loaded = LoadedModel(model, f"timm:{short}", f"pretrained ({file})", True)
+            return _finish(loaded, None), None
+        loaded = load_model(name, "none", **kwargs)
+        if repo is None:
+            return loaded, None
+        return loaded, _random_note(
+            loaded.name,
+            f"the Hugging Face cache (repo {repo})",
+            "run once online with --weights pretrained, or pass a checkpoint file as --weights",
+        )
+    return load_model(name, "none", **kwargs), None
+
+
+def _cached_torchvision_weights(name: str) -> tuple[str, Path, str] | None:
+    """``(weights name, cache path, url)`` of the model's DEFAULT weights; None if it has none."""
+    import torchvision.models as tvm
+
+    try:
+        default = tvm.get_model_weights(name).DEFAULT
+    except (KeyError, ValueError, AttributeError):
+        return None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(default.url)
+    return str(default), path, default.url
+
+
+def _cached_timm_weights(name: str) -> tuple[str | None, str | None]:
+    """``(cached file, hub repo)`` of the model's default pretrained weights."""
+    from timm.models import get_pretrained_cfg
+
+    base, _, tag = name.partition(".")
+    cfg = get_pretrained_cfg(name if tag else base) if _timm_has(base) else None
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None, None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None, repo
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found, repo
+    return None, repo
+
+
+def _random_note(model: str, where: str, how: str) -> str:
+    return (
+        f"No pretrained weights for {model} in {where}: using random weights (seed "
+        f"{RANDOM_WEIGHTS_SEED}, so reruns give the same features; recorded in the manifest). "
+        f"For pretrained features, {how}."
+    )

@@ -190,7 +190,7 @@ class FeatureModel(nn.Module):
         recorder = self._recorder
         if torch.compiler.is_compiling():
             return self._traced_forward(args, kwargs)
-        session, previous = recorder.open(self.backbone.training)
+        session, previous = recorder.open()
         try:
             output = self.backbone(*args, **kwargs)
         except StopForward as stop:
@@ -203,7 +203,6 @@ class FeatureModel(nn.Module):
             raise _backbone_error(error, session.fired(), recorder.keys) from error
         finally:
             recorder.close(previous)
-        session.check_modified()
         return session.result(output, self.output_key)
 
     def _traced_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

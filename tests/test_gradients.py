@@ -35,7 +35,7 @@ def test_gradient_parity_with_reference(resnet18) -> None:
     model.load_state_dict(state)
 
     fm = FeatureModel(model, keys)
-    for _ in range(2):  # the first (probing) call and a later one
+    for _ in range(2):  # repeated calls: no state carried over
         feats = fm(x)
         loss = feature_loss(feats, keys) + feats["logits"].mean()
         loss.backward()

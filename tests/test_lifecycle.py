@@ -143,7 +143,7 @@ def test_no_tensor_kept_between_calls(resnet18) -> None:
 
     for output_key in ("logits", None):
         fm = FeatureModel(resnet18, ["layer1", "bn1", "layer1.0.relu"], output_key=output_key)
-        for _ in range(2):  # the probing call (which copies) and a later one (which does not)
+        for _ in range(2):  # successive calls
             out = fm(torch.randn(1, 3, 32, 32))
             refs = [weakref.ref(v) for v in out.values()]
             del out

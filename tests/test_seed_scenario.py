@@ -15,7 +15,7 @@ def test_keys_in_order_and_values_equal_reference(resnet18) -> None:
     x = torch.randn(2, 3, 64, 64)
     expected_out, calls = reference(resnet18, LAYERS, x)
     fm = FeatureModel(resnet18, LAYERS)
-    for _ in range(3):  # the first (probing) call and later ones
+    for _ in range(3):  # repeated calls: no state carried over
         out = fm(x)
         assert list(out) == ["logits", *LAYERS]
         assert torch.equal(out["logits"], expected_out)

@@ -39,7 +39,7 @@ def sample_layers(model: nn.Module, n: int = 14) -> list[str]:
 
 def check_against_reference(model: nn.Module, x: torch.Tensor, layers: list[str]) -> None:
     """featwrap (repeats='all') equals the cloning reference hooks for every call of every layer,
-    on the first (probing) call and on a later one, and the default repeats='last' agrees."""
+    on two successive calls, and the default repeats='last' agrees."""
     model.eval()
     with torch.no_grad():
         fm_all = FeatureModel(model, layers, repeats="all", missing="skip")

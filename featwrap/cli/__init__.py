@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from featwrap.errors import FeatwrapError
 
 # Each module defines ``add_parser(subparsers)`` (which sets ``func``) and ``HELP``.
-COMMANDS = ["layers"]
+COMMANDS = ["extract", "layers", "show", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

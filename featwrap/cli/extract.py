@@ -1,0 +1,146 @@
+"""``featwrap extract``: a model's features over a dataset, streamed to disk, resumable.
+
+With no arguments it runs the seed scenario: torchvision's resnet18, layers maxpool,
+layer3.0.downsample.1, avgpool and logits, over the sample images shipped with featwrap, into
+``./features``. Run it under ``torchrun --nproc_per_node N -m featwrap extract ...`` to split the
+work between processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from featwrap.errors import FeatwrapValueError
+
+HELP = "extract layers' features over a dataset to safetensors (resumable, torchrun-ready)"
+
+DEFAULT_MODEL = "torchvision:resnet18"
+DEFAULT_LAYERS = "maxpool,layer3.0.downsample.1,avgpool,logits"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("extract", help=HELP, description=HELP)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="'auto' (pretrained when cached locally, else random, seeded), 'none', a weights "
+        "name ('DEFAULT') or a checkpoint file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--layers",
+        default=DEFAULT_LAYERS,
+        help="comma-separated layer paths or globs; 'logits' is the model's output "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a folder of images (recursive; flat or one subfolder per class) or one image "
+        "(default: the sample images shipped with featwrap)",
+    )
+    p.add_argument("--out", default="features", help="output directory (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers (default: auto)"
+    )
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'... (default: auto)")
+    p.add_argument(
+        "--pool",
+        default="none",
+        help="none|avg|max|flatten for every layer, and/or LAYER=POOL entries, comma-separated "
+        "('avg,logits=none') (default: %(default)s)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="resize and crop images to this")
+    p.add_argument("--dtype", default=None, help="store floating features as e.g. float16")
+    p.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="an unreadable image: stop, naming it, or skip it (recorded in the manifest)",
+    )
+    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (default: 1024)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run with other arguments")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=run)
+
+
+def parse_pool(text: str, layers: list[str]) -> str | dict[str, str]:
+    """``"avg"`` -> ``"avg"``; ``"avg,logits=none"`` -> ``{every layer: avg, logits: none}``."""
+    default, per_layer = "none", {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.rpartition("=")
+        if eq:
+            per_layer[key] = value
+        else:
+            default = value
+    if not per_layer:
+        return default
+    return {key: per_layer.get(key, default) for key in layers} | per_layer
+
+
+def run(args: argparse.Namespace) -> int:
+    from featwrap.assets import sample_dir
+    from featwrap.extract import extract
+    from featwrap.extract.store import Output
+    from featwrap.hub import load_model, load_model_cached
+
+    rank = int(os.environ.get("RANK", "0"))
+    say = _printer(args.quiet or rank != 0)
+    for name in ("batch_size", "shard_size"):
+        if getattr(args, name) < 1:
+            raise FeatwrapValueError(f"--{name.replace('_', '-')} must be at least 1")
+    layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
+    if args.weights == "auto":
+        loaded, note = load_model_cached(args.model)
+        if note:
+            say(f"featwrap: {note}")
+    else:
+        loaded = load_model(args.model, args.weights)
+    data = args.data if args.data is not None else sample_dir()
+    say(f"Extracting {', '.join(layers)} of {loaded.name} ({loaded.weights}) from {data}")
+    output = Output(Path(args.out))
+    complete_before = output.manifest.is_file()
+    if output.run_json.is_file():
+        done = len(list(output.shards.glob("*.json")))
+        say(f"Resuming the run in {args.out}: {done} shards were already written.")
+    features = extract(
+        loaded,
+        data,
+        layers,
+        out=args.out,
+        pool=parse_pool(args.pool, layers),
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        image_size=args.image_size,
+        on_error=args.on_error,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+    )
+    if complete_before and not args.overwrite:
+        say(f"{args.out} already holds this extraction: nothing was computed again.")
+    say(features.summary())
+    if features.skipped:
+        say(f"Skipped {len(features.skipped)} unreadable samples (listed in manifest.json):")
+        for s in features.skipped[:5]:
+            say(f"  {s['id']}: {s['error']}")
+    say(
+        f"{len(features.ids)} rows in {args.out}/ (features.safetensors, manifest.json); "
+        f"load them with featwrap.load_features({args.out!r})."
+    )
+    return 0
+
+
+def _printer(quiet: bool) -> Any:
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stdout, flush=True)
+
+    return say

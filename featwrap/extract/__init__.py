@@ -1,0 +1,24 @@
+"""Feature extraction over datasets: :func:`extract` and :func:`load_features`.
+
+``featwrap.extract(model, data, layers, out=DIR)`` runs a backbone over a DataLoader, a Dataset or
+a folder of images and streams the chosen layers' features to a safetensors file with a manifest;
+it resumes after a crash and splits the work between ``torchrun`` processes.
+``featwrap.load_features(DIR)`` maps them back, one tensor per layer.
+"""
+
+from featwrap.extract.errors import DataError, OutputError, ResumeMismatchError
+from featwrap.extract.load import Features, layer_statistics, load_features
+from featwrap.extract.pool import POOLS, PoolSpec
+from featwrap.extract.run import extract
+
+__all__ = [
+    "POOLS",
+    "DataError",
+    "Features",
+    "OutputError",
+    "PoolSpec",
+    "ResumeMismatchError",
+    "extract",
+    "layer_statistics",
+    "load_features",
+]

@@ -1,0 +1,19 @@
+"""Errors of dataset extraction, in the featwrap family (each also a builtin users already catch)."""
+
+from __future__ import annotations
+
+from featwrap.errors import FeatwrapError, FeatwrapValueError
+
+__all__ = ["DataError", "OutputError", "ResumeMismatchError"]
+
+
+class DataError(FeatwrapValueError):
+    """The data cannot be read: a missing or empty folder, a corrupt image, an unusable dataset."""
+
+
+class ResumeMismatchError(FeatwrapValueError):
+    """The output directory holds a run started with other arguments (or something else)."""
+
+
+class OutputError(FeatwrapError, OSError):
+    """The output directory cannot be created or written."""

@@ -1,0 +1,106 @@
+"""One forward over a batch, turned into rows to store: the requested features, pooled, on CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from featwrap.errors import FeatwrapTypeError, FeatwrapValueError, LayerSpecError
+from featwrap.extract.pool import Pool, apply_pool
+from featwrap.layers import Capture, LayerSpec, resolve_layers
+from featwrap.model import FeatureModel
+
+__all__ = ["OUTPUT", "Forward", "compute_rows", "feature_forward"]
+
+#: In ``layers``, the model's own output (unless the model has a submodule of that name).
+OUTPUT = "logits"
+
+#: ``forward(inputs) -> {key: value}``
+Forward = Callable[[Any], Mapping[str, Any]]
+
+
+def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forward, dict[str, str]]:
+    """A forward returning the requested features, and ``{key: module path}`` in request order
+    (the path of the model's own output is ``""``)."""
+    if isinstance(module, FeatureModel) and layers is None:
+        own = dict(module.layers)
+        return module, own if module.output_key is None else {module.output_key: "", **own}
+    if isinstance(module, FeatureModel):  # new layers: paths are the backbone's own
+        module = module.backbone
+    if layers is None:
+        raise LayerSpecError(
+            "Name the layers to extract, e.g. layers=['layer4', 'logits'] ('logits': the model's "
+            "own output). featwrap.list_layers(model) lists the paths."
+        )
+    items: list[tuple[str, str | None]]
+    if isinstance(layers, str):
+        items = [(layers, None)]
+    elif isinstance(layers, Mapping):
+        items = list(layers.items())
+    else:
+        given = [layers] if isinstance(layers, Capture) else list(layers)
+        if any(not isinstance(path, str) for path in given):
+            raise FeatwrapTypeError(
+                "extract takes layer paths as strings (a module's input: 'fc:input'), got "
+                f"{layers!r:.120}. Capture objects are for FeatureModel."
+            )
+        items = [(str(path), None) for path in given]
+    has_output_module = any(name == OUTPUT for name, _ in module.named_modules())
+    output_key: str | None = None
+    paths: dict[str, str] = {}
+    hooked: list[tuple[str, str | None]] = []
+    for path, alias in items:
+        if path == OUTPUT and not has_output_module:
+            output_key = alias or OUTPUT
+            paths[output_key] = ""
+            continue
+        for resolved in resolve_layers(module, {path: alias} if alias else [path], None):
+            paths[resolved.key] = resolved.path
+        hooked.append((path, alias))
+    if not hooked:
+        if output_key is None:
+            raise LayerSpecError("layers is empty: name at least one layer path or 'logits'.")
+        key = output_key
+        return (lambda x: {key: module(x)}), paths
+    spec: LayerSpec = (
+        {p: a or p for p, a in hooked} if isinstance(layers, Mapping) else [p for p, _ in hooked]
+    )
+    return FeatureModel(module, spec, output_key=output_key, detach=True), paths
+
+
+def compute_rows(
+    forward: Forward,
+    inputs: Any,
+    n: int,
+    pools: Mapping[str, Pool],
+    dtype: torch.dtype | None,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Run ``forward`` on ``inputs`` (moved to ``device``); each feature pooled, cast to ``dtype``
+    (floating-point features only) and on CPU, contiguous, ``n`` rows."""
+    with torch.no_grad():
+        out = forward(_to(inputs, device))
+        rows: dict[str, torch.Tensor] = {}
+        for key, pool in pools.items():
+            value = apply_pool(pool, out[key], key)
+            if value.ndim == 0 or value.shape[0] != n:
+                raise FeatwrapValueError(
+                    f"Layer {key!r} gives {tuple(value.shape)} for a batch of {n} samples: its first "
+                    "dimension is not the batch, so it cannot be stored as one row per sample. "
+                    "Pass a pool callable for it that returns (batch, ...)."
+                )
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            rows[key] = value.detach().to("cpu").contiguous()
+        return rows
+
+
+def _to(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_to(x, device) for x in inputs)
+    return inputs

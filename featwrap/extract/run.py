@@ -1,0 +1,500 @@
+"""``featwrap.extract``: run a backbone over a dataset and keep chosen layers' features."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+from featwrap.extract.data import (
+    Source,
+    default_transform,
+    first_readable,
+    make_loader,
+    model_input,
+    read_batch,
+    resolve_source,
+)
+from featwrap.extract.errors import DataError
+from featwrap.extract.layout import Layout
+from featwrap.extract.load import Features, load_features
+from featwrap.extract.plan import Step, plan_batches
+from featwrap.extract.pool import PoolSpec, pool_name, resolve_pools
+from featwrap.extract.ranks import Ranks, join_ranks
+from featwrap.extract.rows import Forward, compute_rows, feature_forward
+from featwrap.extract.sinks import FileSink, MemorySink, Sink
+from featwrap.extract.store import FEATURES_FILE, Output
+from featwrap.hub import LoadedModel, load_model, load_model_cached
+from featwrap.layers import LayerSpec
+from featwrap.model import FeatureModel
+
+__all__ = ["extract"]
+
+_ON_ERROR = ("fail", "skip")
+
+
+#: ``(indices read, rows, (index, error) of unreadable samples)`` of one batch
+_Computed = tuple[list[int], dict[str, torch.Tensor] | None, list[tuple[int, str]]]
+
+
+@dataclass
+class _Model:
+    module: nn.Module
+    name: str
+    weights: str
+    pretrained: bool | None
+    preset: Any = None
+
+
+def extract(
+    model: nn.Module | LoadedModel | str,
+    data: Any,
+    layers: LayerSpec | None = None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    pool: PoolSpec | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    weights: str | None = "none",
+    image_size: int | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    on_error: str = "fail",
+    shard_size: int = 1024,
+    overwrite: bool = False,
+    progress: bool | None = False,
+) -> Features:
+    """Run ``model`` over ``data`` and keep the features of ``layers``, one row per sample.
+
+    Args:
+        model: a module, a :class:`~featwrap.FeatureModel` (then ``layers`` may be omitted), a
+            ``LoadedModel`` or a name for :func:`featwrap.hub.load_model`
+            (``"torchvision:resnet18"``), loaded with ``weights`` (``"auto"``: pretrained weights
+            when cached locally, else seeded random ones, with a warning).
+        data: a DataLoader (its dataset, batch size, collate_fn and worker settings are used; its
+            sampler is not: rows come in dataset order), a map-style Dataset, or a folder of images
+            (searched recursively; flat or one subfolder per class) or one image file.
+        layers: module paths, globs or ``{path: alias}`` as for FeatureModel; ``"logits"`` (when no
+            submodule has that name) is the model's own output.
+        out: ``None`` returns the features in memory; a directory streams them to disk
+            (``features.safetensors`` and ``manifest.json``), resuming a run killed before it
+            finished, and returns them memory-mapped.
+        pool: ``"none"``, ``"avg"``, ``"max"``, ``"flatten"`` or a callable, for every layer or as
+            ``{layer key: pool}``; ``avg``/``max`` reduce the dims after the channel dim.
+        dtype: store floating-point features in this dtype (``torch.float16``, ``"bfloat16"``).
+        device: where the model runs (default: the module's device; for a model name, CUDA when
+            available). Under ``torchrun`` each process uses ``cuda:LOCAL_RANK``.
+        batch_size: samples per forward (default: the DataLoader's, else 32).
+        num_workers: DataLoader workers (default: the DataLoader's, else up to 4).
+        weights: for a model name: ``"none"`` (seeded random), ``"auto"``, a weights name or a
+            checkpoint file.
+        image_size: for image folders: resize and center-crop to this size.
+        transform: for image folders: the transform applied to each PIL image (default: the
+            weights' own preprocessing, else resize, crop and ImageNet normalization).
+        on_error: an unreadable sample: ``"fail"`` stops, naming it; ``"skip"`` leaves it out
+            and records it (``Features.skipped``, the manifest).
+        shard_size: rows per shard, the unit of work of a process and of resuming.
+        overwrite: when ``out`` holds a run with other arguments, delete it and start over
+            (only featwrap's own files are deleted).
+        progress: show a progress bar (``None``: when stderr is a terminal).
+
+    Returns:
+        :class:`~featwrap.Features`: ``{layer key: tensor (rows, ...)}`` with ``ids``.
+
+    Under ``torchrun`` (or an initialized process group) each process takes every N-th shard and
+    rank 0 writes the manifest once all are in; the output is the same as with one process.
+    """
+    if on_error not in _ON_ERROR:
+        raise FeatwrapValueError(f"on_error={on_error!r} is not one of 'fail', 'skip'.")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise FeatwrapValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise FeatwrapValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    store_dtype = _dtype(dtype)
+    resolved = _resolve_model(model, weights)
+    module = resolved.module
+    run_device = _device(device, module, by_name=isinstance(model, str))
+    source = resolve_source(
+        data, lambda: transform or default_transform(module, resolved.preset, image_size)
+    )
+    forward, paths = feature_forward(module, layers)
+    keys = list(paths)
+    pools = resolve_pools(pool, keys)
+    job = _Job(
+        resolved, source, forward, paths, pools, store_dtype, run_device,
+        batch_size or source.batch_size or 32, num_workers, on_error, shard_size, progress,
+    )  # fmt: skip
+    with _prepared(module, run_device, forward):
+        if out is None:
+            return job.in_memory()
+        return job.to_directory(Path(out), overwrite)
+
+
+class _prepared:
+    """Eval mode and the device for the run; the model is left as it was found afterwards."""
+
+    def __init__(self, module: nn.Module, device: torch.device, forward: Forward) -> None:
+        self.module, self.device, self.forward = module, device, forward
+
+    def __enter__(self) -> None:
+        self.modes = {m: m.training for m in self.module.modules()}
+        self.module.eval()
+        self.moved_from = _module_device(self.module)
+        if self.moved_from is not None and self.moved_from != self.device:
+            self.module.to(self.device)
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.forward, FeatureModel) and self.forward is not self.module:
+            self.forward.remove_hooks()  # ours; a FeatureModel given as the model keeps its own
+        if self.moved_from is not None and self.moved_from != self.device:
+            self.module.to(self.moved_from)
+        for m, mode in self.modes.items():
+            m.training = mode
+
+
+@dataclass
+class _Job:
+    model: _Model
+    source: Source
+    forward: Forward
+    paths: dict[str, str]
+    pools: dict[str, Any]
+    dtype: torch.dtype | None
+    device: torch.device
+    batch_size: int
+    num_workers: int | None
+    on_error: str
+    shard_size: int
+    progress: bool | None
+    #: batches already computed (by the probe), by their indices
+    ready: dict[tuple[int, ...], _Computed] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.source.ids)
+
+    # -- in memory -------------------------------------------------------------------------------
+    def in_memory(self) -> Features:
+        sink = MemorySink(self.n)
+        steps = plan_batches(self.n, self.n, self.batch_size, [0])
+        self._run(steps, lambda: sink, Ranks(), done_rows=0)
+        tensors = sink.result()
+        if not tensors:
+            raise DataError(f"No sample of {self.source.description} could be read.")
+        gone = {int(s["index"]) for s in sink.skipped}
+        ids = [i for n, i in enumerate(self.source.ids) if n not in gone]
+        manifest = self._manifest()
+        for key, value in tensors.items():
+            manifest["layers"][key].update(
+                shape=list(value.shape), dtype=str(value.dtype).removeprefix("torch.")
+            )
+        manifest.update(samples=self.n, rows=len(ids), skipped=sink.skipped)
+        return Features({k: tensors[k] for k in self.paths}, ids, sink.skipped, manifest)
+
+    # -- on disk ---------------------------------------------------------------------------------
+    def to_directory(self, root: Path, overwrite: bool) -> Features:
+        ranks = join_ranks(self.device)
+        try:
+            if ranks.distributed and self.device.type == "cuda":
+                self.device = torch.device("cuda", ranks.local_rank)
+                self.model.module.to(self.device)
+            return self._to_directory(Output(root), overwrite, ranks)
+        finally:
+            ranks.close()
+
+    def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
+        spec = self._spec()
+        opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
+        state, layout = opened if ranks.rank == 0 else (None, None)  # rank 0's, broadcast next
+        state, layout, first_spec = ranks.broadcast((state, layout, spec))
+        ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
+        if state == "complete":
+            return load_features(output.root)
+        n_shards = -(-self.n // self.shard_size)
+        done = output.done_shards()
+        mine = ranks.shards(n_shards)
+        todo = [k for k in mine if k not in done]
+        done_rows = sum(min(self.n, (k + 1) * self.shard_size) - k * self.shard_size for k in mine if k in done)  # fmt: skip
+        steps = plan_batches(self.n, self.shard_size, self.batch_size, todo)
+        error = None
+        try:
+            if steps:
+                self._run(steps, lambda: FileSink(output, layout), ranks, done_rows)
+        except Exception as e:
+            error = e
+        ranks.agree(error)
+        manifest = self._manifest(spec)
+        ids, targets = self.source.ids, self.source.targets
+        _on_rank_zero(ranks, lambda: output.finalize(layout, n_shards, ids, targets, manifest))
+        return load_features(output.root)
+
+    def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, Layout]:
+        """Rank 0: check the directory against ``spec``; start or resume the run in it."""
+        state = output.start(spec, overwrite)
+        if state == "new":
+            layout = self._probe_layout()
+            output.create(spec, layout)
+            return state, layout
+        if state == "running":
+            layout = output.layout()
+            output.resume(layout)
+            return state, layout
+        return state, Layout(0, ())
+
+    def _probe_layout(self) -> Layout:
+        """Feature shapes and dtypes, from the first batch (kept: the loop does not compute it
+        again), or from the first readable sample if that whole batch is unreadable."""
+        step = plan_batches(self.n, self.shard_size, self.batch_size, [0])[0]
+        indices, batch, failed = read_batch(self.source, step.indices)
+        if failed and self.on_error == "fail":
+            raise self._unreadable(*failed[0])
+        if batch is not None:
+            rows = self._rows(batch, indices)
+            self.ready[tuple(step.indices)] = (indices, rows, failed)
+        else:
+            _, batch = first_readable(self.source, True, self._unreadable)
+            rows = self._rows(batch, [0])
+        shapes = {k: (tuple(v.shape[1:]), v.dtype) for k, v in rows.items()}
+        return Layout.plan(self.n, shapes, {"format": "pt"})
+
+    def _rows(self, batch: Any, indices: list[int]) -> dict[str, torch.Tensor]:
+        return compute_rows(
+            self.forward, model_input(batch), len(indices), self.pools, self.dtype, self.device
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _run(
+        self, steps: list[Step], open_sink: Callable[[], Sink], ranks: Ranks, done_rows: int
+    ) -> Sink:
+        """Compute and write every step's rows, committing each shard after its last batch."""
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+        loader = make_loader(
+            self.source,
+            [s.indices for s in steps if tuple(s.indices) not in self.ready],
+            self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        total = done_rows + sum(len(s.indices) for s in steps)
+        sink = open_sink()
+        bar = tqdm(
+            total=total,
+            initial=done_rows,
+            unit="item",
+            disable=not show or ranks.rank != 0,
+            dynamic_ncols=True,
+            desc="extract",
+        )
+        failure: BaseException | None = None
+        try:
+            self._loop(steps, loader, sink, bar)
+        except BaseException as e:
+            failure = e
+            raise
+        finally:
+            bar.close()
+            try:
+                sink.close()  # waits for the queued writes and commits
+            except Exception:
+                if failure is None:
+                    raise
+        return sink
+
+    def _loop(self, steps: list[Step], loader: Any, sink: Sink, bar: Any) -> None:
+        skipped: list[dict[str, Any]] = []
+        shapes: dict[str, tuple[int, ...]] | None = None
+        batches = iter(loader)
+        for step in steps:
+            ready = self.ready.pop(tuple(step.indices), None)
+            if ready is not None:  # computed by the probe
+                indices, rows, failed = ready
+            else:
+                indices, batch, failed = next(batches)
+                rows = None if batch is None else self._rows(batch, indices)
+            for index, problem in failed:
+                if self.on_error == "fail":
+                    raise self._unreadable(index, problem)
+                skipped.append({"index": index, "id": self.source.ids[index], "error": problem})
+            if rows is not None:
+                shapes = _check_shapes(rows, shapes, indices, self.source.ids)
+                sink.write(indices, rows)
+            bar.update(len(indices) + len(failed))
+            if step.last:
+                sink.commit(step.shard, step.span, skipped)
+                skipped = []
+
+    def _unreadable(self, index: int, problem: str) -> DataError:
+        return DataError(
+            f"Cannot read sample {self.source.ids[index]!r} (index {index}): {problem}. Fix or "
+            "remove it, or pass on_error='skip' (--on-error skip) to leave it out; the shards "
+            "already written are kept."
+        )
+
+    # -- what is recorded ------------------------------------------------------------------------
+    def _spec(self) -> dict[str, Any]:
+        """What determines the values: a resumed run must match it exactly."""
+        ids = hashlib.sha256("\n".join(self.source.ids).encode()).hexdigest()
+        return {
+            "model": self.model.name,
+            "weights": self.model.weights,
+            "parameters_sha256": _parameters_digest(self.model.module),
+            "layers": dict(self.paths),
+            "pool": {k: pool_name(p) for k, p in self.pools.items()},
+            "dtype": None if self.dtype is None else _dtype_name(self.dtype),
+            "samples": self.n,
+            "ids_sha256": ids,
+            "transform": self.source.transform,
+            "shard_size": self.shard_size,
+        }
+
+    def _manifest(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        from featwrap import __version__
+
+        manifest: dict[str, Any] = {
+            "format": "featwrap-features/1",
+            "file": FEATURES_FILE,
+            "featwrap": __version__,
+            "torch": torch.__version__,
+            "model": self.model.name,
+            "weights": self.model.weights,
+            "pretrained": self.model.pretrained,
+            "layers": {
+                k: {"path": p, "pool": pool_name(self.pools[k])} for k, p in self.paths.items()
+            },
+            "data": self.source.description,
+            "transform": self.source.transform,
+        }
+        if self.source.classes is not None:
+            manifest["classes"] = self.source.classes
+        if spec is not None:
+            manifest["run"] = spec
+        return manifest
+
+
+T = TypeVar("T")
+
+
+def _on_rank_zero(ranks: Ranks, work: Callable[[], T]) -> T:
+    """Rank 0 does ``work``; every rank waits, and raises its error if it failed."""
+    result: Any = None
+    error = None
+    if ranks.rank == 0:
+        try:
+            result = work()
+        except Exception as e:
+            error = e
+    ranks.agree(error)
+    return result  # type: ignore[no-any-return]
+
+
+def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Exception | None:
+    if first == mine:
+        return None
+    from featwrap.extract.errors import ResumeMismatchError
+    from featwrap.extract.store import describe_changes
+
+    return ResumeMismatchError(
+        f"Rank {rank} was started with other arguments or data than rank 0 "
+        f"({describe_changes(first, mine)}). Start every process with the same arguments."
+    )
+
+
+def _check_shapes(
+    rows: dict[str, torch.Tensor],
+    shapes: dict[str, tuple[int, ...]] | None,
+    indices: list[int],
+    ids: list[str],
+) -> dict[str, tuple[int, ...]]:
+    current = {k: tuple(v.shape[1:]) for k, v in rows.items()}
+    if shapes is not None:
+        for key, shape in current.items():
+            if shape != shapes[key]:
+                raise DataError(
+                    f"Layer {key!r} gives features of shape {shape} for sample {ids[indices[0]]!r} "
+                    f"but {shapes[key]} before: every sample must give one shape. Resize the "
+                    "inputs to one size (image_size=, --image-size) or pool the layer (--pool avg)."
+                )
+    return current
+
+
+# -- arguments -------------------------------------------------------------------------------------
+def _resolve_model(model: Any, weights: str | None) -> _Model:
+    if isinstance(model, str):
+        if weights == "auto":
+            loaded, note = load_model_cached(model)
+            if note:
+                warnings.warn(note, stacklevel=3)
+        else:
+            loaded = load_model(model, weights)
+        model = loaded
+    if isinstance(model, LoadedModel):
+        return _Model(model.model, model.name, model.weights, model.pretrained, model.transforms)
+    if isinstance(model, nn.Module):
+        cls = type(model)
+        return _Model(model, f"{cls.__module__}.{cls.__qualname__}", "given module", None)
+    raise FeatwrapTypeError(
+        f"model must be a torch.nn.Module or a model name such as 'torchvision:resnet18', got "
+        f"{type(model).__name__}: {model!r:.80}"
+    )
+
+
+def _device(device: Any, module: nn.Module, by_name: bool) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise FeatwrapValueError(
+                f"device={device!r} is not a device ('cpu', 'cuda', 'cuda:1', 'mps')."
+            ) from error
+    own = _module_device(module)
+    if own is not None and (own.type != "cpu" or not by_name):
+        return own
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _module_device(module: nn.Module) -> torch.device | None:
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
+    return None
+
+
+def _dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if isinstance(value, torch.dtype):
+        return value
+    raise FeatwrapValueError(
+        f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'float16' or 'bfloat16'."
+    )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _parameters_digest(module: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): the weights' identity."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        data = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(data.view(torch.uint8).numpy().data if data.numel() else b"")
+    return digest.hexdigest()

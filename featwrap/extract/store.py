@@ -1,0 +1,282 @@
+"""The output directory: a run's arguments, its shards, resume, and the final manifest.
+
+While a run goes on, ``DIR/.featwrap-run/`` holds ``run.json`` (the arguments that determine the
+values, and the file layout), ``features.safetensors.partial`` (allocated at full size; each
+process writes its shards' rows in place) and ``shards/NNNNNN.json``, one marker per committed
+shard, written only after the shard's rows are flushed to disk. When every shard is committed,
+rank 0 renames the file to ``DIR/features.safetensors`` (leaving out unreadable samples, if any
+were skipped, through a compacted copy), writes ``DIR/manifest.json`` and removes the work folder.
+
+Every file is written under a temporary name and renamed, so a process killed at any moment
+(SIGKILL included) leaves either the old state or the new one: a shard without its marker is
+computed again, and a half-written file is never read. The manifest appears last; its presence
+marks a complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featwrap.extract import _testing
+from featwrap.extract.errors import OutputError, ResumeMismatchError
+from featwrap.extract.layout import Layout, index_runs
+
+__all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "write_atomic"]
+
+FEATURES_FILE = "features.safetensors"
+MANIFEST_FILE = "manifest.json"
+WORK_DIR = ".featwrap-run"
+_COPY_CHUNK = 64 << 20
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, flushed, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dump(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+@dataclass
+class Output:
+    """One output directory, as seen by one process."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+    @property
+    def features(self) -> Path:
+        return self.root / FEATURES_FILE
+
+    @property
+    def work(self) -> Path:
+        return self.root / WORK_DIR
+
+    @property
+    def run_json(self) -> Path:
+        return self.work / "run.json"
+
+    @property
+    def partial(self) -> Path:
+        return self.work / (FEATURES_FILE + ".partial")
+
+    @property
+    def shards(self) -> Path:
+        return self.work / "shards"
+
+    # -- the state of the directory ----------------------------------------------------------
+    def check_writable(self) -> None:
+        """Create the directory if needed and check that files can be written in it."""
+        probe = self.root / ".featwrap-write-test"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise OutputError(
+                f"Cannot write to the output directory {str(self.root)!r}: {reason}. Choose a "
+                "writable directory (--out DIR)."
+            ) from error
+
+    def previous_spec(self) -> tuple[str, dict[str, Any] | None]:
+        """``("new" | "running" | "complete", the spec that run was started with)``."""
+        if self.manifest.is_file():
+            return "complete", _read_json(self.manifest).get("run")
+        if self.run_json.is_file():
+            return "running", _read_json(self.run_json)["spec"]
+        ours = {WORK_DIR, FEATURES_FILE, ".featwrap-write-test"}
+        foreign = [p.name for p in self.root.iterdir() if p.name not in ours]
+        if foreign or self.features.exists():
+            shown = ", ".join(sorted(foreign)[:3]) or FEATURES_FILE
+            raise ResumeMismatchError(
+                f"The output directory {str(self.root)!r} is not empty ({shown}...) and holds no "
+                "featwrap run. Choose a new or empty directory (--out DIR); nothing was written."
+            )
+        return "new", None
+
+    def start(self, spec: dict[str, Any], overwrite: bool) -> str:
+        """Check ``spec`` against what the directory holds: ``"new"``, ``"running"`` (resume) or
+        ``"complete"``. Raises :class:`ResumeMismatchError` if it holds another run."""
+        self.check_writable()
+        state, previous = self.previous_spec()
+        if state != "new" and previous != spec:
+            if overwrite:
+                self.remove_run()
+                return "new"
+            what = "finished" if state == "complete" else "started"
+            raise ResumeMismatchError(
+                f"{str(self.root)!r} holds a run {what} with other arguments "
+                f"({describe_changes(previous or {}, spec)}). Run again with the original "
+                "arguments to resume, pass overwrite=True (--overwrite) to start over, or choose "
+                "another output directory."
+            )
+        if state == "new" and self.work.exists():
+            shutil.rmtree(self.work)  # a start killed before run.json was written
+        if state == "complete" and self.work.exists():
+            shutil.rmtree(self.work)  # killed after the manifest, before the clean-up
+        return state
+
+    def remove_run(self) -> None:
+        """Delete featwrap's own files (never anything else)."""
+        for path in (self.manifest, self.features):
+            path.unlink(missing_ok=True)
+        if self.work.exists():
+            shutil.rmtree(self.work)
+
+    def create(self, spec: dict[str, Any], layout: Layout) -> None:
+        """Start a new run: ``run.json``, then the allocated partial file (rank 0 only)."""
+        self.shards.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_json, _dump({"spec": spec, "layout": layout.to_json()}))
+        self.allocate(layout)
+
+    def allocate(self, layout: Layout) -> None:
+        for marker in self.shards.glob("*.json"):
+            marker.unlink()  # markers describe rows of a file that is being replaced
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(layout.header())
+            f.truncate(layout.file_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.partial)
+
+    def layout(self) -> Layout:
+        return Layout.from_json(_read_json(self.run_json)["layout"])
+
+    def resume(self, layout: Layout) -> None:
+        """Make a resumed run consistent: a missing or wrong-sized partial file is allocated
+        again (and its markers dropped), unless the final file is already in place."""
+        if self.features.is_file():
+            return
+        if not self.partial.is_file() or self.partial.stat().st_size != layout.file_bytes:
+            self.allocate(layout)
+
+    # -- shards ----------------------------------------------------------------------------------
+    def done_shards(self) -> dict[int, dict[str, Any]]:
+        """The committed shards' markers ``{shard: {"rows": [a, b], "skipped": [...]}}``."""
+        done: dict[int, dict[str, Any]] = {}
+        for marker in self.shards.glob("*.json"):
+            done[int(marker.stem)] = _read_json(marker)
+        return done
+
+    def commit(self, shard: int, rows: tuple[int, int], skipped: list[dict[str, Any]]) -> None:
+        write_atomic(
+            self.shards / f"{shard:06d}.json",
+            _dump({"shard": shard, "rows": list(rows), "skipped": skipped}),
+        )
+
+    # -- the end ---------------------------------------------------------------------------------
+    def finalize(
+        self,
+        layout: Layout,
+        n_shards: int,
+        ids: list[str],
+        targets: list[int] | None,
+        manifest: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Put the features file in place, then the manifest (rank 0, once every shard is in).
+
+        ``manifest`` gets each layer's ``shape`` and ``dtype``, the dataset's ``samples`` count,
+        ``rows``, ``ids`` (and ``targets``) of the kept samples and ``skipped`` (index, id and
+        error of each unreadable sample left out) added; it is returned.
+        """
+        if not self.features.is_file() or self.partial.exists():
+            markers = self.done_shards()
+            missing = [k for k in range(n_shards) if k not in markers]
+            if missing:
+                raise OutputError(
+                    f"{len(missing)} shards of {str(self.root)!r} were not written (first: "
+                    f"{missing[0]}); run the same extraction again to finish them."
+                )
+            skipped = sorted(
+                (s for k in range(n_shards) for s in markers[k]["skipped"]),
+                key=lambda s: int(s["index"]),
+            )
+            write_atomic(self.work / "skipped.json", _dump(skipped))
+            if skipped:
+                self._compact(layout, {int(s["index"]) for s in skipped})
+            else:
+                with open(self.partial, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.partial, self.features)
+            _testing.point("finalize")
+        skipped = json.loads((self.work / "skipped.json").read_text())
+        gone = {int(s["index"]) for s in skipped}
+        rows = len(ids) - len(gone)
+        for layer in layout.layers:
+            entry = manifest["layers"].setdefault(layer.key, {})
+            entry["shape"] = [rows, *layer.shape]
+            entry["dtype"] = str(layer.torch_dtype).removeprefix("torch.")
+        manifest["samples"] = len(ids)
+        manifest["rows"] = rows
+        manifest["ids"] = [i for n, i in enumerate(ids) if n not in gone]
+        if targets is not None:
+            manifest["targets"] = [t for n, t in enumerate(targets) if n not in gone]
+        manifest["skipped"] = skipped
+        write_atomic(self.manifest, _dump(manifest))
+        shutil.rmtree(self.work, ignore_errors=True)
+        return manifest
+
+    def _compact(self, layout: Layout, gone: set[int]) -> None:
+        """Copy the partial file without the rows of skipped samples, then swap it in."""
+        keep = index_runs(i for i in range(layout.rows) if i not in gone)
+        small = layout.with_rows(sum(b - a for a, b in keep))
+        tmp = self.features.with_name(self.features.name + ".tmp")
+        with open(self.partial, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(small.header())
+            dst.truncate(small.file_bytes)
+            for layer in layout.layers:
+                rb = layer.row_bytes
+                dst.seek(small.data_start + small[layer.key].start)
+                for a, b in keep:
+                    _copy(src, layout.data_start + layer.start + a * rb, (b - a) * rb, dst)
+                _testing.point("compact")
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, self.features)
+        self.partial.unlink()
+
+
+def _copy(src: Any, offset: int, n: int, dst: Any) -> None:
+    """Append ``n`` bytes of ``src`` from ``offset`` to ``dst`` (its position), in chunks."""
+    src.seek(offset)
+    while n > 0:
+        chunk = src.read(min(n, _COPY_CHUNK))
+        if not chunk:
+            raise OutputError(f"{src.name!r} is shorter than its header says; run again.")
+        dst.write(chunk)
+        n -= len(chunk)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(path.read_text())
+    return obj
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"layers: ['a'] -> ['b']; pool: ..."``: the fields that differ, shortened."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            parts.append(f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}")
+    return "; ".join(parts) or "same arguments"
+
+
+def _short(value: Any, n: int = 70) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= n else text[: n - 3] + "..."
