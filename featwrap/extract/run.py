@@ -214,8 +214,8 @@ class _Job:
 
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
-        state, layout = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
-        state, layout, first_spec = ranks.broadcast((state, layout, spec))
+        opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
+        (state, layout), first_spec = ranks.broadcast((opened, spec))  # rank 0's, everywhere
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
