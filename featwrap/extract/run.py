@@ -215,8 +215,7 @@ class _Job:
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
         opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
-        state, layout = opened if ranks.rank == 0 else (None, None)  # rank 0's, broadcast next
-        state, layout, first_spec = ranks.broadcast((state, layout, spec))
+        (state, layout), first_spec = ranks.broadcast((opened, spec))  # rank 0's, everywhere
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
