@@ -176,7 +176,7 @@ def _resnet18_16(s: Settings) -> Setup:
         "fc",
         _input(s, 1, 64),
         "no_grad",
-        ("empty-hooks",),
+        ("empty-hooks", "keep-hooks"),
     )
 
 

@@ -165,7 +165,7 @@ def markdown(
     for g in goals:
         verdict = {True: "yes", False: "**no**", None: "not run"}[g.met]
         out.append(f"| {g.name} | {g.target} | {g.measured} | {verdict} | {g.where} |")
-    out += ["", *_hooks_section(costs, png_name), *_analysis(results, costs)]
+    out += ["", *_hooks_section(costs, png_name), *_analysis(results, costs), *_floors(results)]
     out += ["## Cases", ""]
     for case in results.cases:
         out += _case_markdown(case)
@@ -239,6 +239,47 @@ def _analysis(results: BenchResults, costs: dict[str, HookCost]) -> list[str]:
             "attribute lookups. featwrap is faster than FX for few layers, slower for hundreds."
         )
     out.append("")
+    return out
+
+
+def _floors(results: BenchResults) -> list[str]:
+    """What hooks cost on a real model, and featwrap by autograd mode, from this run's cases."""
+    out: list[str] = []
+    many = results.case("resnet18-16layers-64px-b1")
+    if many is not None:
+        ratios = {m.name: m.vs_baseline for m in many.methods if m.vs_baseline is not None}
+        if {"featwrap", "fx", "empty-hooks"} <= set(ratios):
+            out += [
+                "## Hooks against FX on resnet18, 16 layers",
+                "",
+                f"Against the plain backbone (`resnet18-16layers-64px-b1`): empty hooks on the 16 "
+                f"modules {ratios['empty-hooks']:.3f}"
+                + (f", minimal hooks {ratios['keep-hooks']:.3f}" if "keep-hooks" in ratios else "")
+                + f", featwrap {ratios['featwrap']:.3f}, FX {ratios['fx']:.3f}. FX runs no hook and "
+                "inlines the residual blocks' forward (12 fewer module calls). "
+                + (
+                    "Here hooks that do nothing already cost as much as FX or more: a hook-based "
+                    "extractor cannot be faster than FX on this case."
+                    if ratios["empty-hooks"] >= ratios["fx"]
+                    else "Here empty hooks cost less than FX: the difference between them and "
+                    "featwrap is featwrap's own work."
+                ),
+                "",
+            ]
+    modes = {}
+    for case in results.cases:
+        if case.id.startswith("resnet18-64px-b1"):
+            mine = case.method("featwrap")
+            if mine is not None and mine.vs_baseline is not None:
+                modes[case.mode] = mine.vs_baseline
+    if len(modes) > 1:
+        listed = ", ".join(f"`{mode}` {ratio:.3f}" for mode, ratio in modes.items())
+        out += [
+            "## featwrap by autograd mode",
+            "",
+            f"featwrap / plain on resnet18, 64 px, batch 1, 3 layers + logits: {listed}.",
+            "",
+        ]
     return out
 
 
