@@ -108,22 +108,30 @@ def run(args: argparse.Namespace) -> int:
     if output.run_json.is_file():
         done = len(list(output.shards.glob("*.json")))
         say(f"Resuming the run in {args.out}: {done} shards were already written.")
-    features = extract(
-        loaded,
-        data,
-        layers,
-        out=args.out,
-        pool=parse_pool(args.pool, layers),
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        image_size=args.image_size,
-        on_error=args.on_error,
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
-        progress=False if args.quiet else None,
-    )
+    try:
+        features = extract(
+            loaded,
+            data,
+            layers,
+            out=args.out,
+            pool=parse_pool(args.pool, layers),
+            dtype=args.dtype,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            image_size=args.image_size,
+            on_error=args.on_error,
+            shard_size=args.shard_size,
+            overwrite=args.overwrite,
+            progress=False if args.quiet else None,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"featwrap extract: interrupted. The shards written so far are kept in {args.out}; "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
     if complete_before and not args.overwrite:
         say(f"{args.out} already holds this extraction: nothing was computed again.")
     say(features.summary())

@@ -222,9 +222,9 @@ class _Job:
         n_shards = -(-self.n // self.shard_size)
         done = output.done_shards()
         mine = ranks.shards(n_shards)
-        todo = [k for k in mine if k not in done]
-        done_rows = sum(min(self.n, (k + 1) * self.shard_size) - k * self.shard_size for k in mine if k in done)  # fmt: skip
-        steps = plan_batches(self.n, self.shard_size, self.batch_size, todo)
+        steps = plan_batches(self.n, self.shard_size, self.batch_size, mine)
+        done_rows = sum(len(s.indices) for s in steps if s.shard in done)
+        steps = [s for s in steps if s.shard not in done]
         error = None
         try:
             if steps:
