@@ -11,6 +11,7 @@ For each page of docs/ (one test per page), in page order and in one namespace:
   other shell lines (installing, building the site, torchrun) are what .ci/run and the recipe
   tests run.
 * a python block preceded by ``<!-- no-run: REASON -->`` is not run; the reason is required.
+* the ``>>>`` examples of the docstrings that docs/api.md renders run as doctests.
 
 Code and output blocks stay within 80 columns (snippets included), the width the site shows
 without a scroll bar.
@@ -19,6 +20,9 @@ without a scroll bar.
 from __future__ import annotations
 
 import contextlib
+import doctest
+import importlib
+import inspect
 import io
 import linecache
 import re
@@ -153,6 +157,30 @@ def test_code_fits_the_page_width(page: Path) -> None:
         if len(line) > WIDTH
     ]
     assert not too_long, "\n".join(too_long)
+
+
+def documented_objects() -> list[tuple[str, object]]:
+    """The objects of the ``::: name`` directives of docs/api.md, imported."""
+    found = []
+    for name in re.findall(r"^::: ([\w.]+)", (DOCS / "api.md").read_text(), re.MULTILINE):
+        module_name, _, attr = name.rpartition(".")
+        try:
+            found.append((name, importlib.import_module(name)))
+        except ModuleNotFoundError:
+            found.append((name, getattr(importlib.import_module(module_name), attr)))
+    return found
+
+
+def test_api_reference_examples_run() -> None:
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    report: list[str] = []
+    for name, obj in documented_objects():
+        if not (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # a type alias: no docstring examples
+        for test in finder.find(obj, name, module=inspect.getmodule(obj)):
+            runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
+    assert runner.tries > 0  # the FeatureModel and list_layers examples at least
 
 
 def test_every_page_is_in_the_nav() -> None:
