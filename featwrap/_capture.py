@@ -204,6 +204,7 @@ class Session:
         "traced",
         "values",
         "versions",
+        "watched",
     )
 
     def __init__(self, recorder: Recorder, traced: bool) -> None:
@@ -220,6 +221,8 @@ class Session:
         # it (its version counter is then unchanged); None where that does not apply
         self.own: list[Tensor | None] = [None] * n
         self.versions = [0] * n
+        # repeats="all": (key index, tensor, version) of bare tensors, for last_modified only
+        self.watched: list[tuple[int, Tensor, int]] = []
         self.counts = [0] * n
         self.done = [False] * n
         self.remaining = n
@@ -256,6 +259,10 @@ class Session:
                 value = _tree.clone(output, rec.detach)
             elif self.all_calls or type(output) is not Tensor:
                 value = _tree.snapshot(output, rec.detach)
+                if self.all_calls:  # note versions, for last_modified only
+                    self.watched += [
+                        (i, t, t._version) for t in _tree.tensors(output) if not t.is_inference()
+                    ]
             else:
                 self.keep(i, output)
                 value = _UNSET
@@ -297,6 +304,10 @@ class Session:
     def _final_values(self) -> list[Any]:
         """Each key's value: the module's own tensor where nothing wrote to it, else the snapshot."""
         if self.all_calls:
+            self.recorder.last_modified = frozenset(
+                i for i, tensor, version in self.watched if tensor._version != version
+            )
+            self.watched = []
             return [list(v) for v in self.values]
         values = self.values
         versions = self.versions
