@@ -103,6 +103,7 @@ def test_train_eval_modes_untouched(resnet18) -> None:
 
 
 def test_remove_hooks_and_context_manager(resnet18) -> None:
+    gc.collect()  # no FeatureModel of an earlier test may go away during this one
     before = all_hooks(resnet18)
     fm = FeatureModel(resnet18, ["layer1", "layer1.0.relu", "fc"], output_key=None)
     assert all_hooks(resnet18) > before
@@ -118,6 +119,7 @@ def test_remove_hooks_and_context_manager(resnet18) -> None:
 
 
 def test_hooks_go_with_the_featuremodel(resnet18) -> None:
+    gc.collect()  # FeatureModels of earlier tests held by reference cycles (tracebacks)
     before = all_hooks(resnet18)
     FeatureModel(resnet18, ["layer1"])(torch.randn(1, 3, 32, 32))  # never kept
     gc.collect()
