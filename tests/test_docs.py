@@ -27,7 +27,9 @@ import io
 import linecache
 import re
 import shlex
+import sys
 import textwrap
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +114,10 @@ def console_commands(code: str) -> list[tuple[str, str]]:
 def test_code_blocks_run(page: Path) -> None:
     text = page.read_text()
     found = blocks(text)
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
+    # a real module, so that dataclasses, pickle and typing find the page's definitions
+    module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
+    sys.modules[module.__name__] = module
+    namespace: dict[str, object] = module.__dict__
     where = page.relative_to(ROOT)
     for i, block in enumerate(found):
         label = f"{where}:{block.line}"

@@ -211,9 +211,12 @@ def test_image_folder_order_ids_and_classes_match_torchvision(net: TinyNet, tmp_
     inputs = torch.stack([reference_set[i][0] for i in range(len(reference_set))])
     want = expected(net, inputs, ["pool"], [[0, 1], [2, 3], [4, 5]])
     assert torch.equal(feats["pool"], want["pool"])
+    assert feats.classes == reference_set.classes
+    assert feats.targets == reference_set.targets
     disk = extract(net, root, ["pool"], out=tmp_path / "o", transform=transform, batch_size=2)
     assert disk.manifest["classes"] == reference_set.classes
     assert disk.manifest["targets"] == reference_set.targets
+    assert (disk.classes, disk.targets) == (reference_set.classes, reference_set.targets)
     assert "Resize" in disk.manifest["transform"]
 
 

@@ -46,6 +46,19 @@ class Features(Mapping[str, torch.Tensor]):
         self.manifest = manifest or {}
         self.path = path
 
+    @property
+    def targets(self) -> list[int] | None:
+        """The class index of each row, when the data had classes (a folder with one subfolder
+        per class, or torchvision's ``ImageFolder``/``DatasetFolder``); else ``None``."""
+        targets = self.manifest.get("targets")
+        return None if targets is None else list(targets)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names that ``targets`` index, when the data had them; else ``None``."""
+        classes = self.manifest.get("classes")
+        return None if classes is None else list(classes)
+
     def __getitem__(self, key: str) -> torch.Tensor:
         try:
             return self._tensors[key]

@@ -198,7 +198,10 @@ class _Job:
             manifest["layers"][key].update(
                 shape=list(value.shape), dtype=str(value.dtype).removeprefix("torch.")
             )
-        manifest.update(samples=self.n, rows=len(ids), skipped=sink.skipped)
+        manifest.update(samples=self.n, rows=len(ids), ids=ids, skipped=sink.skipped)
+        if self.source.targets is not None:
+            targets = self.source.targets
+            manifest["targets"] = [t for n, t in enumerate(targets) if n not in gone]
         return Features({k: tensors[k] for k in self.paths}, ids, sink.skipped, manifest)
 
     # -- on disk ---------------------------------------------------------------------------------
