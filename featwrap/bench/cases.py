@@ -147,6 +147,8 @@ def _standard(
         methods.append(m.empty_hooks(model, layers, output_key))
     if "keep-hooks" in extra:
         methods.append(m.keep_hooks(model, layers, output_key))
+    if "cow-hooks" in extra:
+        methods.append(m.cow_hooks(model, layers, output_key))
     if "ilg" in extra:
         methods += [p for p in [m.intermediate_layer_getter(model, layers)] if p is not None]
     baseline = "plain"
@@ -176,13 +178,15 @@ def _resnet18_16(s: Settings) -> Setup:
         "fc",
         _input(s, 1, 64),
         "no_grad",
-        ("empty-hooks", "keep-hooks"),
+        ("empty-hooks", "keep-hooks", "cow-hooks"),
     )
 
 
 def _resnet18_inplace(s: Settings) -> Setup:
     layers = {"bn1": "bn1", "layer1": "layer1"}
-    return _standard(_resnet18(s.device), layers, "logits", "fc", _input(s, 1, 64), "no_grad")
+    return _standard(
+        _resnet18(s.device), layers, "logits", "fc", _input(s, 1, 64), "no_grad", ("cow-hooks",)
+    )
 
 
 def _early(px: int, batch: int, layer: str) -> Callable[[Settings], Setup]:
@@ -224,7 +228,7 @@ def _hooks(n: int) -> Callable[[Settings], Setup]:
         gen = torch.Generator().manual_seed(s.seed)
         x = torch.randn(1, MLP_WIDTH, generator=gen).to(s.device)
         last = str(2 * MLP_BLOCKS - 1)
-        extra = ("empty-hooks", "keep-hooks")
+        extra = ("empty-hooks", "keep-hooks", "cow-hooks")
         return _standard(model, mlp_layers(n), "logits", last, x, "no_grad", extra)
 
     return build

@@ -146,6 +146,12 @@ def evaluate(results: BenchResults) -> list[Goal]:
                 f"is {units:.2f} x the empty hook (about {1.6 * units:.1f} us with the empty hook "
                 "at 1.6 us)"
             )
+        cow = costs.get("cow-hooks")
+        if cow is not None:
+            where += (
+                f"; the minimal exact hook (copy-on-write snapshot + version check) costs "
+                f"{cow.per_layer_us:.2f} us"
+            )
         goals.insert(
             3,
             Goal(

@@ -28,6 +28,7 @@ __all__ = [
     "Role",
     "blog_hooks",
     "compiled",
+    "cow_hooks",
     "empty_hooks",
     "featwrap",
     "fx",
@@ -59,6 +60,7 @@ LABELS = {
     "blog": "blog recipe: hooks fill a global dict (.detach())",
     "empty-hooks": "empty forward hooks (PyTorch's floor)",
     "keep-hooks": "minimal hooks: found[key] = output (the floor for returning features)",
+    "cow-hooks": "minimal exact hooks: copy-on-write snapshot + version check",
     "timm-features_only": "timm features_only",
     "timm-forward_intermediates": "timm forward_intermediates",
 }
@@ -245,6 +247,37 @@ def keep_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | No
 
 def _keep(found: dict[str, Any], key: str, module: nn.Module, args: Any, output: Any) -> None:
     found[key] = output
+
+
+def cow_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | None) -> Method:
+    """The least a hook can do to return *exact* features whatever in-place op follows: keep the
+    output, a copy-on-write snapshot (``torch._lazy_clone``: no data copied) and its version
+    counter; after the forward, the output if nothing wrote to it, else the snapshot. No session,
+    no options, no checks: featwrap's capture without featwrap."""
+    own = _own(model)
+    found: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    for path, key in layers.items():
+        own.get_submodule(path).register_forward_hook(functools.partial(_snapshot, found, key))
+
+    def run(x: torch.Tensor) -> dict[str, Any]:
+        out = own(x)
+        result = {output_key: out} if output_key is not None else {}
+        for key, (tensor, snapshot, version) in found.items():
+            result[key] = tensor if tensor._version == version else snapshot
+        found.clear()
+        return result
+
+    return Method("cow-hooks", "floor", run, _identity, _keys(layers, output_key))
+
+
+def _snapshot(
+    found: dict[str, tuple[torch.Tensor, torch.Tensor, int]],
+    key: str,
+    module: nn.Module,
+    args: Any,
+    output: torch.Tensor,
+) -> None:
+    found[key] = (output, torch._lazy_clone(output), output._version)
 
 
 def timm_features_only(

@@ -14,7 +14,7 @@ __all__ = ["PLOT_DPI", "PLOT_INCHES", "console_case", "console_goals", "plot", "
 #: The plot's size: 11 x 4.4 inches at 100 dpi, i.e. 1100 x 440 pixels.
 PLOT_INCHES = (11.0, 4.4)
 PLOT_DPI = 100
-_PLOTTED = ("featwrap", "fx", "blog", "keep-hooks", "empty-hooks", "plain-copy")
+_PLOTTED = ("featwrap", "fx", "blog", "cow-hooks", "keep-hooks", "empty-hooks", "plain-copy")
 
 
 # -- numbers ----------------------------------------------------------------------------------------
@@ -224,12 +224,25 @@ def _analysis(results: BenchResults, costs: dict[str, HookCost]) -> list[str]:
             "reference and keeping each output alive until the forward returns, instead of "
             "freeing it as the next layer runs."
         )
+    cow = costs.get("cow-hooks")
+    if cow is not None:
+        out.append(
+            f"- The minimal **exact** hook (a copy-on-write snapshot with `torch._lazy_clone` and "
+            "the version counter; after the forward, the output if nothing wrote to it, else the "
+            f"snapshot) costs {cow.per_layer_us:.2f} us per layer "
+            f"({cow.per_layer_us / floor.per_layer_us:.2f} x the empty hook). The snapshot is a "
+            "new tensor object (no data is copied): PyTorch's price for creating any tensor, "
+            "the same as the `.detach()` of the blog recipe. This is the floor for features "
+            "that stay right when a later in-place op writes to them."
+        )
+    above = (
+        f", {mine.per_layer_us - cow.per_layer_us:+.2f} us against the exact floor" if cow else ""
+    )
     out.append(
-        f"- featwrap's hook costs {mine.per_layer_us:.2f} us per layer, {units:.2f} x the empty "
-        "hook; with an empty hook at 1.6 us (an idle machine) that is about "
-        f"{1.6 * units:.1f} us. Beyond the minimal hook it pays for the per-call session "
-        "(thread-local lookup), the version counter read that makes in-place modification "
-        "detectable, and the end-of-forward check and result dict."
+        f"- featwrap costs {mine.per_layer_us:.2f} us per layer, {units:.2f} x the empty "
+        f"hook{above}: on top of the exact hook it looks up the per-call session (a "
+        "thread-local), counts calls (repeats, missing layers) and builds the result dict; "
+        f"its fixed cost is {mine.fixed_us:.0f} us per forward."
     )
     fx = costs.get("fx")
     if fx is not None:
