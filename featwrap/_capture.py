@@ -198,6 +198,7 @@ class Session:
         "done",
         "fast",
         "grad",
+        "inference",
         "own",
         "recorder",
         "remaining",
@@ -213,8 +214,12 @@ class Session:
         self.traced = traced
         self.grad = torch.is_grad_enabled()
         self.all_calls = recorder.repeats is Repeats.ALL
+        # inference tensors count no versions: their snapshot is returned (no exception raised)
+        self.inference = torch.is_inference_mode_enabled()
         # whether the hook's inlined fast path applies
-        self.fast = not (traced or recorder.stop_early) and recorder.repeats is Repeats.LAST
+        self.fast = not (traced or recorder.stop_early or self.inference) and (
+            recorder.repeats is Repeats.LAST
+        )
         # values[i]: the snapshot (or, for structures and repeats="all", the snapshotted value)
         self.values: list[Any] = [[] for _ in range(n)] if self.all_calls else [_UNSET] * n
         # own[i]: the module's own tensor, returned instead of the snapshot if nothing wrote to
@@ -234,6 +239,9 @@ class Session:
             self.values[i] = _lazy_clone(output)
         except (NotImplementedError, RuntimeError):  # no copy-on-write for this layout
             self.values[i] = output.clone()
+            self.own[i] = None
+            return
+        if self.inference and output.is_inference():  # no version counter: the snapshot it is
             self.own[i] = None
             return
         try:

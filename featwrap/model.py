@@ -49,7 +49,10 @@ class FeatureModel(nn.Module):
             models.
         output_key: the key of the backbone's own return value, which comes first. ``None`` leaves
             it out, and the forward then stops as soon as every requested layer has produced its
-            value: later modules do not run.
+            value: later modules do not run. A requested layer is final once its parent module
+            returns (a block may call its ``relu`` twice); a child of the root is final at once,
+            so a root-level module that the forward calls a second time after every requested
+            layer fired is not waited for (use ``output_key="..."`` to run the whole forward).
         detach: return features detached from the autograd graph.
         repeats: for a layer that runs several times in one forward: ``"last"`` (default),
             ``"first"``, ``"all"`` (a list of every call, in order) or ``"error"``.

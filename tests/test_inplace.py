@@ -3,6 +3,8 @@ paid where none follows."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -36,17 +38,24 @@ def test_inplace_chain(train: bool, grad: bool) -> None:
         assert (out["conv2"] < 0).any()  # before `+=` and the clip
 
 
-def test_inference_mode() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"output_key": None}, {"repeats": "first"}, {"repeats": "all"}],
+    ids=["default", "early-stop", "first", "all"],
+)
+def test_inference_mode(options: dict[str, Any]) -> None:
+    """Inference tensors count no versions: their snapshots are returned, right after in-place ops."""
     model = InplaceChain().eval()
     layers = ["bn", "act", "conv2", "pool"]
-    fm = FeatureModel(model, layers)
+    fm = FeatureModel(model, layers, **options)
     for _ in range(3):
         x = torch.randn(2, 3, 8, 8)
         with torch.inference_mode():
             out = fm(x)
         _, calls = reference(model, layers, x)
         for name in layers:
-            assert_same(out[name], calls[name][0])
+            got = out[name]
+            assert_same(got[0] if options.get("repeats") == "all" else got, calls[name][0])
 
 
 def test_copy_only_where_an_inplace_op_follows(resnet18) -> None:
