@@ -268,6 +268,11 @@ def _floors(results: BenchResults) -> list[str]:
                 f"Against the plain backbone (`resnet18-16layers-64px-b1`): empty hooks on the 16 "
                 f"modules {ratios['empty-hooks']:.3f}"
                 + (f", minimal hooks {ratios['keep-hooks']:.3f}" if "keep-hooks" in ratios else "")
+                + (
+                    f", minimal exact hooks {ratios['cow-hooks']:.3f}"
+                    if "cow-hooks" in ratios
+                    else ""
+                )
                 + f", featwrap {ratios['featwrap']:.3f}, FX {ratios['fx']:.3f}. FX runs no hook and "
                 "inlines the residual blocks' forward (12 fewer module calls). "
                 + (
