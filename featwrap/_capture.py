@@ -215,7 +215,8 @@ class Session:
         self.grad = torch.is_grad_enabled()
         self.all_calls = recorder.repeats is Repeats.ALL
         # inference tensors count no versions: their snapshot is returned (no exception raised)
-        self.inference = torch.is_inference_mode_enabled()
+        # (dynamo cannot trace the query; a traced session clones anyway)
+        self.inference = not traced and torch.is_inference_mode_enabled()
         # whether the hook's inlined fast path applies
         self.fast = not (traced or recorder.stop_early or self.inference) and (
             recorder.repeats is Repeats.LAST
