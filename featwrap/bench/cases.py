@@ -164,7 +164,13 @@ def _standard(
 def _resnet18_case(px: int, batch: int, mode: Mode = "no_grad") -> Callable[[Settings], Setup]:
     def build(s: Settings) -> Setup:
         return _standard(
-            _resnet18(s.device), RESNET18_LAYERS, "logits", "fc", _input(s, batch, px), mode
+            _resnet18(s.device),
+            RESNET18_LAYERS,
+            "logits",
+            "fc",
+            _input(s, batch, px),
+            mode,
+            ("empty-hooks", "keep-hooks", "cow-hooks"),
         )
 
     return build

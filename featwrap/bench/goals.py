@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from featwrap.bench.runner import BenchResults, CaseResult
@@ -83,13 +84,35 @@ def _worst(
     return max(found, key=lambda w: w[0]) if found else None
 
 
-def _ratio_goal(name: str, limit: float, worst: Worst | None, runs: str) -> Goal:
+#: Methods whose ratio, in the worst case of a goal, shows what featwrap's figure is made of.
+_CONTEXT = {
+    "plain-copy": "plain 2nd copy (noise)",
+    "empty-hooks": "empty hooks",
+    "keep-hooks": "minimal hooks",
+    "cow-hooks": "minimal exact hooks",
+    "fx": "FX",
+    "blog": "blog recipe",
+}
+
+
+def _ratio_goal(
+    name: str, limit: float, worst: Worst | None, runs: str, cases: Sequence[CaseResult] = ()
+) -> Goal:
     if worst is None:
         return Goal(name, f"<= {limit:.2f}", f"not measured ({runs})", None)
     ratio, interval, where = worst
     measured = f"{ratio:.3f}"
     if interval is not None:
         measured += f" ({interval[0]:.3f}-{interval[1]:.3f})"
+    context = [
+        f"{label} {method.vs_baseline:.3f}"
+        for case in cases
+        if case.id == where
+        for key, label in _CONTEXT.items()
+        if (method := case.method(key)) is not None and method.vs_baseline is not None
+    ]
+    if context:
+        where += f" (same case, against its baseline: {', '.join(context)})"
     return Goal(name, f"<= {limit:.2f}", measured, ratio <= limit, f"worst: {where}")
 
 
@@ -112,12 +135,14 @@ def evaluate(results: BenchResults) -> list[Goal]:
             1.02,
             _worst(three),
             "resnet18-* cases",
+            three,
         ),
         _ratio_goal(
             "featwrap / FX, up to 16 layers (resnet18, MLP sweep)",
             1.00,
             _worst(upto16, peer="fx"),
             "resnet18-*, hooks-* cases",
+            upto16,
         ),
         _ratio_goal(
             "early feature: featwrap / Lego truncation",

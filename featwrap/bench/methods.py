@@ -255,7 +255,7 @@ def cow_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | Non
     counter; after the forward, the output if nothing wrote to it, else the snapshot. No session,
     no options, no checks: featwrap's capture without featwrap."""
     own = _own(model)
-    found: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    found: dict[str, tuple[torch.Tensor, torch.Tensor, int | None]] = {}
     for path, key in layers.items():
         own.get_submodule(path).register_forward_hook(functools.partial(_snapshot, found, key))
 
@@ -263,7 +263,7 @@ def cow_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | Non
         out = own(x)
         result = {output_key: out} if output_key is not None else {}
         for key, (tensor, snapshot, version) in found.items():
-            result[key] = tensor if tensor._version == version else snapshot
+            result[key] = tensor if version is not None and tensor._version == version else snapshot
         found.clear()
         return result
 
@@ -271,13 +271,14 @@ def cow_hooks(model: nn.Module, layers: Mapping[str, str], output_key: str | Non
 
 
 def _snapshot(
-    found: dict[str, tuple[torch.Tensor, torch.Tensor, int]],
+    found: dict[str, tuple[torch.Tensor, torch.Tensor, int | None]],
     key: str,
     module: nn.Module,
     args: Any,
     output: torch.Tensor,
 ) -> None:
-    found[key] = (output, torch._lazy_clone(output), output._version)
+    version = None if output.is_inference() else output._version  # inference: no versions
+    found[key] = (output, torch._lazy_clone(output), version)
 
 
 def timm_features_only(
