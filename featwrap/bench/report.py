@@ -275,13 +275,7 @@ def _floors(results: BenchResults) -> list[str]:
                 )
                 + f", featwrap {ratios['featwrap']:.3f}, FX {ratios['fx']:.3f}. FX runs no hook and "
                 "inlines the residual blocks' forward (12 fewer module calls). "
-                + (
-                    "Here hooks that do nothing already cost as much as FX or more: a hook-based "
-                    "extractor cannot be faster than FX on this case."
-                    if ratios["empty-hooks"] >= ratios["fx"]
-                    else "Here empty hooks cost less than FX: the difference between them and "
-                    "featwrap is featwrap's own work."
-                ),
+                + _verdict_against_fx(ratios),
                 "",
             ]
     modes = {}
@@ -299,6 +293,26 @@ def _floors(results: BenchResults) -> list[str]:
             "",
         ]
     return out
+
+
+def _verdict_against_fx(ratios: dict[str, float]) -> str:
+    """What the floors of a case say about featwrap against FX."""
+    if ratios["empty-hooks"] >= ratios["fx"]:
+        return (
+            "Here hooks that do nothing already cost as much as FX or more: a hook-based "
+            "extractor cannot be faster than FX on this case."
+        )
+    exact = ratios.get("cow-hooks")
+    if exact is not None and exact >= ratios["fx"]:
+        return (
+            "Here the minimal exact hooks alone cost more than FX: with hooks, features that "
+            "stay right after later in-place ops cannot be had at FX's price on this case; "
+            f"featwrap is {ratios['featwrap'] / exact:.3f} x the minimal exact hooks."
+        )
+    return (
+        "Here the hooks' floors cost less than FX: the difference between them and featwrap "
+        "is featwrap's own work."
+    )
 
 
 def _case_markdown(case: CaseResult) -> list[str]:
