@@ -7,8 +7,8 @@ to disk (resumable, memory-mapped); the probes then cost seconds, and a
 second run reuses the extraction.
 
     uv run python examples/linear_probe.py  # generated images, random weights
-    uv run python examples/linear_probe.py --data imagenette/train \\
-        --weights DEFAULT --image-size 224
+    uv run python examples/linear_probe.py --data imagenette/train
+    # pretrained features: add --weights DEFAULT --image-size 224
 """
 
 from __future__ import annotations
