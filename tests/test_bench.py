@@ -404,3 +404,18 @@ def test_cli_bench_list_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     if not torch.cuda.is_available():
         assert main(["bench", "--cases", "hooks-mlp-1", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_memory_measure_keeps_native_profiler_lines_out_and_restores_stderr(capfd) -> None:  # type: ignore[no-untyped-def]
+    """torch.profiler's native start/stop lines ("USDT: ... profiler_start") would be printed
+    per measured method; the bench keeps them out, and file descriptor 2 works afterwards."""
+    import os
+
+    from featwrap.bench.memory import measure
+
+    use = measure(lambda: torch.ones(1000))
+    os.write(2, b"stderr still works\n")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err
+    assert "stderr still works" in err
+    assert use.result == 4000

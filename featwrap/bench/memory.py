@@ -18,8 +18,11 @@ and ``max_memory_allocated``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +91,10 @@ def _measure_cpu(run: Callable[[], Any]) -> MemoryUse:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _native_stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         with record_function(_MARK):
             out = run()
         size = result_bytes(out)
@@ -102,6 +108,28 @@ def _measure_cpu(run: Callable[[], Any]) -> MemoryUse:
             peak = max(peak, net)
             alive = net
     return MemoryUse(peak, alive, size, net)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Keep the profiler's native start/stop lines ("USDT: ... profiler_start", written to file
+    descriptor 2 whatever the log level) out of the bench's output. Python errors still show:
+    they are printed after the descriptor is restored."""
+    try:
+        fd = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    if sys.__stderr__ is not None:
+        sys.__stderr__.flush()
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _allocations(prof: Any) -> tuple[list[tuple[int, int]], int]:
