@@ -131,9 +131,16 @@ class Recorder:
         return session
 
     # -- hooks (the hot path: keep them flat) ----------------------------------------------------
+    def _running(self) -> Session | None:
+        """The session of the forward running in this thread (or being traced), if any."""
+        session = self.traced
+        if session is None or not torch.compiler.is_compiling():
+            session = self._local.session
+        return session
+
     def on_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
         """Forward hook: record ``output`` under every key in ``indices``."""
-        session = self.traced
+        session = self.traced  # _running(), inlined: this hook runs for almost every capture
         if session is None or not torch.compiler.is_compiling():
             session = self._local.session
             if session is None:
@@ -156,11 +163,9 @@ class Recorder:
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
     ) -> None:
         """Forward hook for layers captured with a selector: record the selected part."""
-        session = self.traced
-        if session is None or not torch.compiler.is_compiling():
-            session = self._local.session
-            if session is None:
-                return
+        session = self._running()
+        if session is None:
+            return
         for i in indices:
             session.record((i,), _tree.select_output(output, self.selectors[i], self.keys[i]))
 
@@ -169,11 +174,9 @@ class Recorder:
     ) -> None:
         """Forward pre-hook (with kwargs) for inputs: record the argument before the module runs,
         so that an in-place op of the module itself is caught by the version check."""
-        session = self.traced
-        if session is None or not torch.compiler.is_compiling():
-            session = self._local.session
-            if session is None:
-                return
+        session = self._running()
+        if session is None:
+            return
         for i in indices:
             session.record((i,), _tree.select_input(args, kwargs, self.selectors[i], self.keys[i]))
 
@@ -181,11 +184,9 @@ class Recorder:
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
     ) -> None:
         """Forward hook on the parent of layers that may repeat: they are final once it returns."""
-        session = self.traced
-        if session is None or not torch.compiler.is_compiling():
-            session = self._local.session
-            if session is None:
-                return
+        session = self._running()
+        if session is None:
+            return
         session.parent_done(indices)
 
 

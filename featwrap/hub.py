@@ -250,6 +250,17 @@ def _unknown(name: str, source: str | None = None) -> str:
 
 
 # -- pretrained when cached, else random (featwrap extract's default) ------------------------------
+def load_model_noted(
+    name: str, weights: str | None = "auto", **kwargs: Any
+) -> tuple[LoadedModel, str | None]:
+    """:func:`load_model`, where ``weights="auto"`` is :func:`load_model_cached` (pretrained
+    weights when cached locally, else seeded random ones and a note saying so); other weights
+    come without a note."""
+    if weights == "auto":
+        return load_model_cached(name, **kwargs)
+    return load_model(name, weights, **kwargs), None
+
+
 def load_model_cached(name: str, **kwargs: Any) -> tuple[LoadedModel, str | None]:
     """The model with pretrained weights when they are in the local cache, else random ones.
 

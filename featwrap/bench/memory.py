@@ -115,20 +115,20 @@ def _native_stderr_silenced() -> Iterator[None]:
     """Keep the profiler's native start/stop lines ("USDT: ... profiler_start", written to file
     descriptor 2 whatever the log level) out of the bench's output. Python errors still show:
     they are printed after the descriptor is restored."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
     try:
-        fd = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
-        saved = os.dup(fd)
-    except (AttributeError, OSError, ValueError):
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: nothing to silence
         yield
         return
-    if sys.__stderr__ is not None:
-        sys.__stderr__.flush()
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
         yield
     finally:
-        os.dup2(saved, fd)
+        os.dup2(saved, 2)
         os.close(saved)
 
 

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from featwrap.assets import sample_dir
     from featwrap.extract import extract
     from featwrap.extract.store import Output
-    from featwrap.hub import load_model, load_model_cached
+    from featwrap.hub import load_model_noted
 
     rank = int(os.environ.get("RANK", "0"))
     say = _printer(args.quiet or rank != 0)
@@ -95,12 +95,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise FeatwrapValueError(f"--{name.replace('_', '-')} must be at least 1")
     layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
-    if args.weights == "auto":
-        loaded, note = load_model_cached(args.model)
-        if note:
-            say(f"featwrap: {note}")
-    else:
-        loaded = load_model(args.model, args.weights)
+    loaded, note = load_model_noted(args.model, args.weights)
+    if note:
+        say(f"featwrap: {note}")
     data = args.data if args.data is not None else sample_dir()
     say(f"Extracting {', '.join(layers)} of {loaded.name} ({loaded.weights}) from {data}")
     output = Output(Path(args.out))

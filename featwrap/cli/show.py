@@ -86,15 +86,12 @@ def _from_features(args: argparse.Namespace, out: Path, stats: Path | None) -> i
 def _from_image(args: argparse.Namespace, out: Path, stats: Path | None) -> int:
     from featwrap.assets import sample_image
     from featwrap.extract.data import default_transform
-    from featwrap.hub import load_model, load_model_cached
+    from featwrap.hub import load_model_noted
     from featwrap.viz import show
 
-    if args.weights == "auto":
-        loaded, note = load_model_cached(args.model)
-        if note:
-            print(f"featwrap: {note}")
-    else:
-        loaded = load_model(args.model, args.weights)
+    loaded, note = load_model_noted(args.model, args.weights)
+    if note:
+        print(f"featwrap: {note}")
     image = Path(args.image) if args.image else sample_image()
     if not image.exists() and image.parent == Path() and sample_image(image.name).is_file():
         print(

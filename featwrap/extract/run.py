@@ -33,7 +33,7 @@ from featwrap.extract.ranks import Ranks, join_ranks
 from featwrap.extract.rows import Forward, compute_rows, feature_forward
 from featwrap.extract.sinks import FileSink, MemorySink, Sink
 from featwrap.extract.store import FEATURES_FILE, Output
-from featwrap.hub import LoadedModel, load_model, load_model_cached
+from featwrap.hub import LoadedModel, load_model_noted
 from featwrap.layers import LayerSpec
 from featwrap.model import FeatureModel
 
@@ -433,13 +433,9 @@ def _check_shapes(
 # -- arguments -------------------------------------------------------------------------------------
 def _resolve_model(model: Any, weights: str | None) -> _Model:
     if isinstance(model, str):
-        if weights == "auto":
-            loaded, note = load_model_cached(model)
-            if note:
-                warnings.warn(note, stacklevel=3)
-        else:
-            loaded = load_model(model, weights)
-        model = loaded
+        model, note = load_model_noted(model, weights)
+        if note:
+            warnings.warn(note, stacklevel=3)
     if isinstance(model, LoadedModel):
         return _Model(model.model, model.name, model.weights, model.pretrained, model.transforms)
     if isinstance(model, nn.Module):
