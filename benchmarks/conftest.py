@@ -1,7 +1,7 @@
-"""pytest-benchmark files for featwrap: the cases of ``featwrap bench`` (featwrap.bench.cases).
+"""pytest-benchmark files for featwrap: the cases of ``python -m benchmarks`` (benchmarks.cases).
 
 ``uv run pytest benchmarks/`` runs the quick subset (a couple of minutes); ``--bench-full`` or
-``FEATWRAP_BENCH_FULL=1`` runs every case with the full timing of ``featwrap bench``, and
+``FEATWRAP_BENCH_FULL=1`` runs every case with the full timing of ``python -m benchmarks``, and
 ``--bench-compile`` adds the torch.compile case. The figures that matter are the interleaved
 ratios (test_interleaved.py, printed at the end and stored in each benchmark's ``extra_info``);
 test_methods.py times single methods with pytest-benchmark's own statistics, grouped by case.
@@ -15,15 +15,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from featwrap.bench import CaseResult, Settings, select_cases
-from featwrap.bench.report import console_case, console_goals
-from featwrap.cli.bench import FULL, QUICK
+from benchmarks import CaseResult, Settings, select_cases
+from benchmarks.__main__ import FULL, QUICK
+from benchmarks.report import console_case, console_goals
 
 _RESULTS: list[CaseResult] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("featwrap bench")
+    group = parser.getgroup("python -m benchmarks")
     group.addoption(
         "--bench-full",
         action="store_true",
@@ -35,7 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """pytest-benchmark's clock: CPU time of the thread on CPU with one thread, as featwrap bench
+    """pytest-benchmark's clock: CPU time of the thread on CPU with one thread, as python -m benchmarks
     does (time spent waiting for a core on a busy machine is not counted), unless
     ``--benchmark-timer`` is given."""
     from pytest_benchmark.timers import default_timer
@@ -62,7 +62,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def bench_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
-    """The timing settings of ``featwrap bench`` (--quick unless --bench-full), threads pinned."""
+    """The timing settings of ``python -m benchmarks`` (--quick unless --bench-full), threads pinned."""
     timing = FULL if _full(request.config) else QUICK
     threads = int(request.config.getoption("--bench-threads"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,10 +87,12 @@ def bench_results() -> list[CaseResult]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _RESULTS:
         return
-    from featwrap.bench.goals import evaluate
-    from featwrap.bench.runner import BenchResults, Environment
+    from benchmarks.goals import evaluate
+    from benchmarks.runner import BenchResults, Environment
 
-    terminalreporter.section("featwrap bench: interleaved ratios (medians of per-round ratios)")
+    terminalreporter.section(
+        "python -m benchmarks: interleaved ratios (medians of per-round ratios)"
+    )
     for result in _RESULTS:
         terminalreporter.write_line(console_case(result) + "\n")
     settings = Settings(threads=torch.get_num_threads())

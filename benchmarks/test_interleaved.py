@@ -1,4 +1,4 @@
-"""Each case of ``featwrap bench``: outputs checked, then every method timed round-robin.
+"""Each case of ``python -m benchmarks``: outputs checked, then every method timed round-robin.
 
 The benchmark's own time is that of the whole case (meaningless on its own); the results are the
 ratios in ``extra_info`` (saved with ``--benchmark-json``/``--benchmark-autosave``) and in the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featwrap.bench import Case, CaseResult, Settings, run_case
+from benchmarks import Case, CaseResult, Settings, run_case
 
 
 def _summary(result: CaseResult) -> dict[str, Any]:

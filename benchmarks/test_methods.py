@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from featwrap.bench import Settings, select_cases
-from featwrap.bench.cases import Case, Setup, mode_context
-from featwrap.bench.checks import Check
-from featwrap.bench.runner import check_methods
+from benchmarks import Settings, select_cases
+from benchmarks.cases import Case, Setup, mode_context
+from benchmarks.checks import Check
+from benchmarks.runner import check_methods
 
 #: the cases and methods timed here by default; --bench-full adds every timed case
 DEFAULT = {

@@ -3,6 +3,7 @@
 >>> from featwrap import FeatureModel
 """
 
+from featwrap._version import __version__
 from featwrap.errors import (
     BackboneError,
     FeatwrapError,
@@ -12,14 +13,12 @@ from featwrap.errors import (
     MissingFeatureError,
     RepeatedCallError,
 )
-from featwrap.extract import DataError, Features, ResumeMismatchError, extract, load_features
+from featwrap.extraction import DataError, Features, ResumeMismatchError, extract, load_features
 from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta, feature_info
+from featwrap.layer_summary import LayerRow, LayerSummary, summary
 from featwrap.layers import Capture, LayerSpec, list_layers
 from featwrap.model import FeatureModel
-from featwrap.stages import stages
-from featwrap.summary import LayerRow, LayerSummary, summary
-
-__version__ = "0.1.0"
+from featwrap.multiscale import stages
 
 __all__ = [
     "BackboneError",

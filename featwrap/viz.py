@@ -127,7 +127,7 @@ def save_layer_statistics(
     dpi: int = 100,
     title: str | None = None,
 ) -> tuple[int, int]:
-    """Plot per-layer activation statistics (as from :func:`featwrap.extract.layer_statistics`)
+    """Plot per-layer activation statistics (as from :func:`featwrap.extraction.layer_statistics`)
     and save it as a PNG of ``size`` inches at ``dpi``; returns its ``(width, height)`` in pixels.
 
     Top: each layer's mean with a ±std bar and its min and max; bottom: the fraction of exact
@@ -190,7 +190,7 @@ def show(
         stats: the statistics plot's PNG path (``None``: no plot).
         stats_layers: glob of the layers in the plot (default: every leaf module).
         transform: preprocessing of a file or PIL image (default:
-            :func:`featwrap.extract.data.default_transform`).
+            :func:`featwrap.extraction.data.default_transform`).
         image_size: for the default transform: resize and center-crop to this size.
         max_channels: at most this many channels in the grid.
 
@@ -198,8 +198,8 @@ def show(
         ``{"grid": (width, height), "shape": the layer's (C, H, W), "stats": (width, height) or
         None, "layers": number of layers in the plot}``.
     """
-    from featwrap.extract.data import ImageFolderData, default_transform
-    from featwrap.extract.load import layer_statistics
+    from featwrap.extraction.data import ImageFolderData, default_transform
+    from featwrap.extraction.load import layer_statistics
     from featwrap.layers import list_layers
     from featwrap.model import FeatureModel
 

@@ -175,7 +175,7 @@ def test_running_again_when_complete_recomputes_nothing(
         raise AssertionError("computed again")
 
     # featwrap.extract is the function; its package's modules are reached through sys.modules
-    monkeypatch.setattr(importlib.import_module("featwrap.extract.run"), "compute_rows", fail)
+    monkeypatch.setattr(importlib.import_module("featwrap.extraction.run"), "compute_rows", fail)
     second = extract(net, data, ["pool"], out=out)
     assert torch.equal(first["pool"], second["pool"])
     assert (out / "features.safetensors").stat().st_mtime_ns == stamp
@@ -321,8 +321,8 @@ def test_argument_errors(net: TinyNet, data: TensorDataset) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["featwrap.extract.data", "featwrap.extract.layout", "featwrap.extract.plan", "featwrap.extract.store",
-     "featwrap.extract.pool", "featwrap.viz"],
+    ["featwrap.extraction.data", "featwrap.extraction.layout", "featwrap.extraction.plan", "featwrap.extraction.store",
+     "featwrap.extraction.pool", "featwrap.viz"],
 )  # fmt: skip
 def test_docstring_examples(module: str) -> None:
     import doctest

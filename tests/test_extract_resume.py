@@ -1,7 +1,7 @@
 """Killed with SIGKILL at any point and run again, extraction ends with the uninterrupted output.
 
 The killed runs are child processes: forked from this one (fast: no imports) and told where to die
-by FEATWRAP_TEST_KILL (featwrap/extract/_testing.py), or the real CLI killed from outside.
+by FEATWRAP_TEST_KILL (featwrap/extraction/_testing.py), or the real CLI killed from outside.
 Everything runs on one thread so that every process computes bit-identical values.
 """
 
@@ -132,7 +132,7 @@ def test_resume_computes_only_the_missing_shards(
 ) -> None:
     out = tmp_path / "out"
     killed("commit:4", extract, make_net(), data, LAYERS, out=out, **KWARGS)
-    run = importlib.import_module("featwrap.extract.run")  # featwrap.extract is the function
+    run = importlib.import_module("featwrap.extraction.run")  # featwrap.extract is the function
     rows: list[int] = []
     original = run.compute_rows
 
@@ -220,7 +220,7 @@ def test_corrupt_image_fail_keeps_shards_then_skip_resumes(
         extract(make_net(), images, LAYERS, out=out, **kwargs)
     markers = sorted(p.name for p in (out / ".featwrap-run" / "shards").iterdir())
     assert markers == ["000000.json", "000001.json"]  # what was written before it is kept
-    run = importlib.import_module("featwrap.extract.run")
+    run = importlib.import_module("featwrap.extraction.run")
     rows: list[int] = []
     original = run.compute_rows
     monkeypatch.setattr(

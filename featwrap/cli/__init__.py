@@ -7,10 +7,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from featwrap._version import __version__
 from featwrap.errors import FeatwrapError
 
 # Each module defines ``add_parser(subparsers)`` (which sets ``func``) and ``HELP``.
-COMMANDS = ["extract", "layers", "show", "bench"]
+COMMANDS = ["extract", "layers", "show"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +19,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="featwrap",
         description="Intermediate activations from any PyTorch model.",
     )
-    from featwrap import __version__
-
     parser.add_argument("--version", action="version", version=f"featwrap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

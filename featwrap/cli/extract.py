@@ -85,8 +85,8 @@ def parse_pool(text: str, layers: list[str]) -> str | dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from featwrap.assets import sample_dir
-    from featwrap.extract import extract
-    from featwrap.extract.store import Output
+    from featwrap.extraction import extract
+    from featwrap.extraction.store import Output
     from featwrap.hub import load_model_noted
 
     rank = int(os.environ.get("RANK", "0"))

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights).model
     if args.paths_only:
         return _paths_only(model, args)
-    from featwrap.stages import stages
-    from featwrap.summary import summary
+    from featwrap.layer_summary import summary
+    from featwrap.multiscale import stages
 
     layers = None
     if args.stages:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_features(args: argparse.Namespace, out: Path, stats: Path | None) -> int:
-    from featwrap.extract import layer_statistics, load_features
+    from featwrap.extraction import layer_statistics, load_features
     from featwrap.viz import save_channel_grid, save_layer_statistics
 
     features = load_features(args.features)
@@ -85,7 +85,7 @@ def _from_features(args: argparse.Namespace, out: Path, stats: Path | None) -> i
 
 def _from_image(args: argparse.Namespace, out: Path, stats: Path | None) -> int:
     from featwrap.assets import sample_image
-    from featwrap.extract.data import default_transform
+    from featwrap.extraction.data import default_transform
     from featwrap.hub import load_model_noted
     from featwrap.viz import show
 

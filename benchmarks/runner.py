@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from featwrap.bench.cases import Case, Settings, Setup, mode_context
-from featwrap.bench.checks import Check, compare
-from featwrap.bench.memory import MemoryUse, measure
-from featwrap.bench.methods import Method
-from featwrap.bench.timing import Timings, interleaved
+from benchmarks.cases import Case, Settings, Setup, mode_context
+from benchmarks.checks import Check, compare
+from benchmarks.memory import MemoryUse, measure
+from benchmarks.methods import Method
+from benchmarks.timing import Timings, interleaved
 
 __all__ = [
     "BenchResults",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from featwrap.extract.errors import DataError
+from featwrap.extraction.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -269,7 +269,7 @@ def describe(obj: Any) -> str:
     """A repr that is the same in every process: functions by qualified name, and no addresses.
 
     >>> describe(len), describe(lambda x: x)
-    ('builtins.len', 'featwrap.extract.data.<lambda>')
+    ('builtins.len', 'featwrap.extraction.data.<lambda>')
     """
     if inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.ismethod(obj):
         return f"{obj.__module__}.{obj.__qualname__}"

@@ -1,4 +1,7 @@
-"""``featwrap bench``: featwrap against the plain backbone and its peers, interleaved, as ratios."""
+"""``python -m benchmarks``: featwrap against the plain backbone and its peers, interleaved, as ratios.
+
+Run from the repository root: ``uv run python -m benchmarks --quick`` (``--help`` for the options).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +18,13 @@ QUICK = {"rounds": 60, "budget_s": 4.0, "min_sample_s": 0.01}
 FULL = {"rounds": 300, "budget_s": 30.0, "min_sample_s": 0.02}
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "bench",
-        help=HELP,
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
         description=HELP + ". Every method's output is checked against an independent "
         "reference before it is timed; methods run round-robin in one process and the result "
         "is the median of per-round ratios.",
+        epilog="example: uv run python -m benchmarks --quick --report docs/benchmarks.md",
     )
     p.add_argument("--quick", action="store_true", help="the quick subset, shorter timing")
     p.add_argument(
@@ -45,15 +48,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--budget", type=float, help="seconds of timing per case (default: 4 quick, 30)")
     p.add_argument("--report", type=Path, help="write a markdown report (and a PNG beside it)")
     p.add_argument("--json", type=Path, help="write every figure as JSON")
-    p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from featwrap.bench import Settings, evaluate, select_cases, write_report
-    from featwrap.bench import run as run_cases
-    from featwrap.bench.report import console_case, console_goals
+    from benchmarks import Settings, evaluate, select_cases, write_report
+    from benchmarks import run as run_cases
+    from benchmarks.report import console_case, console_goals
     from featwrap.errors import FeatwrapValueError
 
     cases = select_cases(args.cases, quick=args.quick, compile=args.compile)
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         budget_s=float(timing["budget_s"]),
         min_sample_s=float(timing["min_sample_s"]),
     )
-    print(f"featwrap bench: {len(cases)} cases on {device}, {args.threads} thread(s)", flush=True)
+    print(f"benchmarks: {len(cases)} cases on {device}, {args.threads} thread(s)", flush=True)
 
     def progress(case: object) -> None:
         print(console_case(case) + "\n", flush=True)  # type: ignore[arg-type]
@@ -104,3 +107,19 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"PROBLEM {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; returns the exit code (2 for bad input, as argparse does)."""
+    from featwrap.errors import FeatwrapError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except FeatwrapError as error:
+        print(f"python -m benchmarks: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError, LayerSpecError
-from featwrap.extract.pool import Pool, apply_pool
+from featwrap.extraction.pool import Pool, apply_pool
 from featwrap.layers import Capture, LayerSpec, resolve_layers
 from featwrap.model import FeatureModel
 

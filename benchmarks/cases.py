@@ -11,8 +11,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from featwrap.bench import methods as m
-from featwrap.bench.checks import reference_features
+from benchmarks import methods as m
+from benchmarks.checks import reference_features
 from featwrap.errors import FeatwrapValueError
 
 __all__ = [
@@ -469,7 +469,7 @@ def select_cases(
             close = difflib.get_close_matches(pattern, ids, n=3, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise FeatwrapValueError(
-                f"No benchmark case matches {pattern!r}.{hint} `featwrap bench --list` lists the "
+                f"No benchmark case matches {pattern!r}.{hint} `python -m benchmarks --list` lists the "
                 "case ids; globs such as 'resnet18-*' work."
             )
         chosen.update(found)

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import torch
 
-from featwrap.extract import _testing
-from featwrap.extract.layout import Layout, index_runs
-from featwrap.extract.store import Output
+from featwrap.extraction import _testing
+from featwrap.extraction.layout import Layout, index_runs
+from featwrap.extraction.store import Output
 
 __all__ = ["FileSink", "MemorySink", "Sink"]
 

@@ -1,4 +1,4 @@
-"""The bench machinery (featwrap.bench, `featwrap bench`): checks, timing runner, memory, report, CLI.
+"""The benchmark harness (benchmarks/, `python -m benchmarks`): checks, timing runner, memory, report, CLI.
 
 No speed figure is asserted here: timing is driven by a fake clock, and the real timings live in
 benchmarks/ and docs/benchmarks.md.
@@ -15,15 +15,15 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from featwrap import FeatureModel
-from featwrap.bench import CASES, Settings, select_cases
-from featwrap.bench import methods as m
-from featwrap.bench.cases import Case, Setup
-from featwrap.bench.checks import compare
-from featwrap.bench.goals import evaluate, hook_costs
-from featwrap.bench.memory import measure
-from featwrap.bench.report import write_report
-from featwrap.bench.runner import (
+from benchmarks import CASES, Settings, select_cases
+from benchmarks import methods as m
+from benchmarks.__main__ import main
+from benchmarks.cases import Case, Setup
+from benchmarks.checks import compare
+from benchmarks.goals import evaluate, hook_costs
+from benchmarks.memory import measure
+from benchmarks.report import write_report
+from benchmarks.runner import (
     BenchResults,
     CaseResult,
     Environment,
@@ -31,8 +31,8 @@ from featwrap.bench.runner import (
     check_methods,
     run_case,
 )
-from featwrap.bench.timing import interleaved
-from featwrap.cli import main
+from benchmarks.timing import interleaved
+from featwrap import FeatureModel
 from featwrap.errors import FeatwrapValueError
 from tests.reference import reference
 
@@ -272,7 +272,7 @@ def test_memory_with_grad_counts_the_graph_and_frees_it() -> None:
 
 # -- goals and the report ---------------------------------------------------------------------------
 def _method(name: str, ratio: float, extra: float = 0.0, vs: float | None = None) -> MethodResult:
-    from featwrap.bench.checks import Check
+    from benchmarks.checks import Check
 
     return MethodResult(
         name,
@@ -374,7 +374,7 @@ def test_report_writes_tables_and_a_png_of_the_expected_size(tmp_path: Path) -> 
 # -- the command line -------------------------------------------------------------------------------
 def test_cli_bench_runs_a_tiny_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md, js = tmp_path / "b.md", tmp_path / "b.json"
-    args = ["bench", "--cases", "hooks-mlp-1", "--quick", "--rounds", "3", "--budget", "0.05"]
+    args = ["--cases", "hooks-mlp-1", "--quick", "--rounds", "3", "--budget", "0.05"]
     code = main([*args, "--device", "cpu", "--report", str(md), "--json", str(js)])
     out = capsys.readouterr().out
     assert code == 0
@@ -392,17 +392,17 @@ def test_cli_bench_runs_a_tiny_case(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_cli_bench_list_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--list", "--quick"]) == 0
+    assert main(["--list", "--quick"]) == 0
     listed = capsys.readouterr().out
     assert "resnet18-32px-b1" in listed
     assert "resnet18-224px-b8" not in listed
-    assert main(["bench", "--cases", "hooks-mlp-2"]) == 2
+    assert main(["--cases", "hooks-mlp-2"]) == 2
     err = capsys.readouterr().err
     assert "hooks-mlp-2" in err
     assert "Did you mean" in err
     assert "--list" in err
     if not torch.cuda.is_available():
-        assert main(["bench", "--cases", "hooks-mlp-1", "--device", "cuda"]) == 2
+        assert main(["--cases", "hooks-mlp-1", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
 
 
@@ -411,7 +411,7 @@ def test_memory_measure_keeps_native_profiler_lines_out_and_restores_stderr(capf
     per measured method; the bench keeps them out, and file descriptor 2 works afterwards."""
     import os
 
-    from featwrap.bench.memory import measure
+    from benchmarks.memory import measure
 
     use = measure(lambda: torch.ones(1000))
     os.write(2, b"stderr still works\n")

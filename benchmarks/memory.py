@@ -30,7 +30,7 @@ import torch
 
 __all__ = ["MemoryUse", "measure", "result_bytes"]
 
-_MARK = "featwrap.bench.forward"
+_MARK = "benchmarks.forward"
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,6 @@ def _allocations(prof: Any) -> tuple[list[tuple[int, int]], int]:
             mark_end = event.end_time_ns
         stack.extend(event.children)
     if mark_end < 0:
-        raise RuntimeError(
-            "featwrap bench: the profiler recorded no forward; cannot measure memory"
-        )
+        raise RuntimeError("benchmarks: the profiler recorded no forward; cannot measure memory")
     found.sort()
     return found, mark_end

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from featwrap.extract.errors import DataError
-from featwrap.extract.layout import dtype_from_name, read_header
-from featwrap.extract.store import FEATURES_FILE, MANIFEST_FILE, Output
+from featwrap.extraction.errors import DataError
+from featwrap.extraction.layout import dtype_from_name, read_header
+from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output
 
 __all__ = ["Features", "layer_statistics", "load_features"]
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from featwrap.bench.runner import BenchResults, CaseResult
+from benchmarks.runner import BenchResults, CaseResult
 
 __all__ = ["Goal", "HookCost", "evaluate", "hook_costs"]
 

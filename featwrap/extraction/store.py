@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featwrap.extract import _testing
-from featwrap.extract.errors import OutputError, ResumeMismatchError
-from featwrap.extract.layout import Layout, index_runs
+from featwrap.extraction import _testing
+from featwrap.extraction.errors import OutputError, ResumeMismatchError
+from featwrap.extraction.layout import Layout, index_runs
 
 __all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "write_atomic"]
 

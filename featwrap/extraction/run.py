@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
-from featwrap.extract.data import (
+from featwrap.extraction.data import (
     Source,
     default_transform,
     first_readable,
@@ -24,15 +24,15 @@ from featwrap.extract.data import (
     read_batch,
     resolve_source,
 )
-from featwrap.extract.errors import DataError
-from featwrap.extract.layout import Layout
-from featwrap.extract.load import Features, load_features
-from featwrap.extract.plan import Step, plan_batches
-from featwrap.extract.pool import PoolSpec, pool_name, resolve_pools
-from featwrap.extract.ranks import Ranks, join_ranks
-from featwrap.extract.rows import Forward, compute_rows, feature_forward
-from featwrap.extract.sinks import FileSink, MemorySink, Sink
-from featwrap.extract.store import FEATURES_FILE, Output
+from featwrap.extraction.errors import DataError
+from featwrap.extraction.layout import Layout
+from featwrap.extraction.load import Features, load_features
+from featwrap.extraction.plan import Step, plan_batches
+from featwrap.extraction.pool import PoolSpec, pool_name, resolve_pools
+from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.rows import Forward, compute_rows, feature_forward
+from featwrap.extraction.sinks import FileSink, MemorySink, Sink
+from featwrap.extraction.store import FEATURES_FILE, Output
 from featwrap.hub import LoadedModel, load_model_noted
 from featwrap.layers import LayerSpec
 from featwrap.model import FeatureModel
@@ -361,7 +361,7 @@ class _Job:
         }
 
     def _manifest(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        from featwrap import __version__
+        from featwrap._version import __version__
 
         manifest: dict[str, Any] = {
             "format": "featwrap-features/1",
@@ -403,8 +403,8 @@ def _on_rank_zero(ranks: Ranks, work: Callable[[], T]) -> T:
 def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Exception | None:
     if first == mine:
         return None
-    from featwrap.extract.errors import ResumeMismatchError
-    from featwrap.extract.store import describe_changes
+    from featwrap.extraction.errors import ResumeMismatchError
+    from featwrap.extraction.store import describe_changes
 
     return ResumeMismatchError(
         f"Rank {rank} was started with other arguments or data than rank 0 "

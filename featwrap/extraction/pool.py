@@ -68,7 +68,7 @@ def pool_name(pool: Pool) -> str:
     """How a pooling is named in the manifest (a callable by its qualified name)."""
     if isinstance(pool, str):
         return pool
-    from featwrap.extract.data import describe
+    from featwrap.extraction.data import describe
 
     return describe(pool)
 

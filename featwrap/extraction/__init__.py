@@ -6,10 +6,10 @@ it resumes after a crash and splits the work between ``torchrun`` processes.
 ``featwrap.load_features(DIR)`` maps them back, one tensor per layer.
 """
 
-from featwrap.extract.errors import DataError, OutputError, ResumeMismatchError
-from featwrap.extract.load import Features, layer_statistics, load_features
-from featwrap.extract.pool import POOLS, PoolSpec
-from featwrap.extract.run import extract
+from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
+from featwrap.extraction.load import Features, layer_statistics, load_features
+from featwrap.extraction.pool import POOLS, PoolSpec
+from featwrap.extraction.run import extract
 
 __all__ = [
     "POOLS",
