@@ -14,10 +14,10 @@ from featwrap.errors import (
     RepeatedCallError,
 )
 from featwrap.extraction import DataError, Features, ResumeMismatchError, extract, load_features
-from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta, feature_info
+from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta
 from featwrap.layer_summary import LayerRow, LayerSummary, summary
 from featwrap.layers import Capture, LayerSpec, list_layers
-from featwrap.model import FeatureModel
+from featwrap.model import FeatureModel, feature_info
 from featwrap.multiscale import stages
 
 __all__ = [

@@ -3,7 +3,9 @@
 Used by :func:`featwrap.feature_info`, :func:`featwrap.summary` and :func:`featwrap.stages`. The
 run goes through a temporary FeatureModel (removed afterwards), so what it measures is what a
 FeatureModel with the same layers returns, including which outputs a later in-place op modifies
-(the outputs returned as copy-on-write snapshots because an in-place op changed them).
+(the outputs returned as copy-on-write snapshots because an in-place op changed them). The caller
+passes the FeatureModel class, so that this module sits below ``featwrap.model`` (whose
+``FeatureModel.feature_info`` uses it) and imports nothing above it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 
 if TYPE_CHECKING:
     from featwrap.layers import LayerSpec
+    from featwrap.model import FeatureModel
 
 _FAKE_BATCH = 2  # BatchNorm in train mode refuses a batch of one 1x1 map, even on fake tensors
 
@@ -72,6 +75,7 @@ def check_input_size(input_size: Sequence[int] | int) -> tuple[int, ...]:
 
 
 def dry_run(
+    feature_model: type[FeatureModel],
     backbone: nn.Module,
     layers: LayerSpec,
     *,
@@ -80,16 +84,18 @@ def dry_run(
     output_key: str | None = "logits",
     repeats: str = "last",
 ) -> DryRun:
-    """Run ``FeatureModel(backbone, layers)`` once on fake tensors (a real forward if it must)."""
-    from featwrap.model import FeatureModel
+    """Run ``feature_model(backbone, layers)`` once on fake tensors (a real forward if it must).
 
+    ``feature_model`` is :class:`featwrap.FeatureModel` (or the class of the FeatureModel being
+    measured): passed in so that this module does not import ``featwrap.model``.
+    """
     if inputs is not None and input_size is not None:
         raise FeatwrapValueError("Pass input_size or inputs, not both.")
     size = (
         None if inputs is not None else check_input_size(input_size or default_input_size(backbone))
     )
     _check_no_lazy(backbone)
-    probe = FeatureModel(
+    probe = feature_model(
         backbone, layers, output_key=output_key, detach=True, repeats=repeats, missing="none"
     )
     try:

@@ -19,13 +19,12 @@ from torch import nn
 
 from featwrap import _layout
 from featwrap._dryrun import DryRunWarning, default_input_size, dry_run
-from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 
 if TYPE_CHECKING:
     from featwrap.layers import LayerSpec
     from featwrap.model import FeatureModel
 
-__all__ = ["DryRunWarning", "FeatureInfo", "FeatureMeta", "default_input_size", "feature_info"]
+__all__ = ["DryRunWarning", "FeatureInfo", "FeatureMeta", "default_input_size", "measure"]
 
 #: ``input_size`` as ``(C, H, W)`` (any number of spatial dims) or one int ``S`` for ``(3, S, S)``.
 InputSize = Sequence[int] | int
@@ -134,59 +133,25 @@ def _str(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def feature_info(
-    model: FeatureModel | nn.Module,
-    input_size: InputSize | None = None,
+def measure(
+    feature_model: type[FeatureModel],
+    backbone: nn.Module,
+    layers: LayerSpec,
     *,
-    layers: LayerSpec | None = None,
+    output_key: str | None,
+    repeats: str,
+    input_size: InputSize | None = None,
     inputs: Any = None,
 ) -> FeatureInfo:
-    """Shapes, channels and reductions of every key a FeatureModel returns, at no compute cost.
+    """The :class:`FeatureInfo` of ``feature_model(backbone, layers, ...)``, from one dry run.
 
-    Args:
-        model: a :class:`~featwrap.FeatureModel`, or a plain module together with ``layers``.
-        input_size: ``(C, H, W)`` without batch (any number of spatial dims), or ``S`` for
-            ``(3, S, S)``. Default: the timm model's ``pretrained_cfg["input_size"]``, a
-            torchvision ViT's ``image_size``, else ``(3, 224, 224)``.
-        layers: the layers, when ``model`` is a plain module (as for ``FeatureModel``).
-        inputs: instead of ``input_size``, example inputs: a tensor, a tuple of positional
-            arguments or a dict of keyword arguments (their batch size does not matter).
-
-    Returns:
-        A :class:`FeatureInfo`. The model's parameters, buffers, mode and hooks are as before.
-
-    >>> import torch
-    >>> from torch import nn
-    >>> from featwrap import FeatureModel
-    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten())
-    >>> info = FeatureModel(net, {"0": "conv"}).feature_info((3, 32, 32))
-    >>> info["conv"].shape, info.channels(), info.reduction()
-    ((8, 16, 16), [8], [2])
+    What :func:`featwrap.feature_info` and ``FeatureModel.feature_info`` compute; the caller
+    passes the FeatureModel class (this module sits below ``featwrap.model``).
     """
-    from featwrap.model import FeatureModel
-
-    if isinstance(model, FeatureModel):
-        if layers is not None:
-            raise FeatwrapValueError(
-                "feature_info(fm, layers=...): a FeatureModel has its layers already; pass a plain "
-                "module with layers=, or call fm.feature_info(input_size)."
-            )
-        backbone, output_key, repeats = model.backbone, model.output_key, model.repeats
-        captures: LayerSpec = list(model._captures)
-    elif isinstance(model, nn.Module):
-        if layers is None:
-            raise FeatwrapValueError(
-                f"feature_info({type(model).__name__}) needs layers=: the module paths to measure "
-                "(see featwrap.list_layers(model) or featwrap.stages(model)), or a FeatureModel."
-            )
-        backbone, captures, output_key, repeats = model, layers, "logits", "last"
-    else:
-        raise FeatwrapTypeError(
-            f"feature_info expects a FeatureModel or a torch.nn.Module, got {type(model).__name__}"
-        )
     run = dry_run(
+        feature_model,
         backbone,
-        captures,
+        layers,
         input_size=input_size,
         inputs=inputs,
         output_key=output_key,

@@ -20,6 +20,7 @@ from featwrap import _layout
 from featwrap._dryrun import dry_run
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.layers import list_layers
+from featwrap.model import FeatureModel
 
 __all__ = ["LayerRow", "LayerSummary", "summary"]
 
@@ -152,15 +153,19 @@ def summary(
     FeatureModel(repeats=...) chooses); 'modified later' = a later in-place op changes this
     output (featwrap returns the value as the module returned it)
     """
-    from featwrap.model import FeatureModel
-
     if isinstance(model, FeatureModel):
         model = model.backbone
     if not isinstance(model, nn.Module):
         raise FeatwrapTypeError(f"summary expects a torch.nn.Module, got {type(model).__name__}")
     paths = _paths(model, pattern, depth, layers)
     run = dry_run(
-        model, paths, input_size=input_size, inputs=inputs, output_key=_OUTPUT_KEY, repeats="all"
+        FeatureModel,
+        model,
+        paths,
+        input_size=input_size,
+        inputs=inputs,
+        output_key=_OUTPUT_KEY,
+        repeats="all",
     )
     rows = []
     for path in paths:

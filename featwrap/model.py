@@ -6,7 +6,7 @@ import functools
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,12 +21,10 @@ from featwrap.errors import (
     HooksRemovedError,
     backbone_error_class,
 )
+from featwrap.info import FeatureInfo, InputSize, measure
 from featwrap.layers import Capture, LayerSpec, resolve_layers
 
-if TYPE_CHECKING:
-    from featwrap.info import FeatureInfo
-
-__all__ = ["FeatureModel"]
+__all__ = ["FeatureModel", "feature_info"]
 
 _PREFIX = "backbone."
 
@@ -232,9 +230,15 @@ class FeatureModel(nn.Module):
         >>> info.channels(), info.reduction(), info["layer4"].shape
         ([64, 512], [4, 32], (512, 7, 7))
         """
-        from featwrap.info import feature_info
-
-        return feature_info(self, input_size, inputs=inputs)
+        return measure(
+            type(self),
+            self.backbone,
+            list(self._captures),
+            output_key=self.output_key,
+            repeats=self.repeats,
+            input_size=input_size,
+            inputs=inputs,
+        )
 
     # -- hooks' lifetime -------------------------------------------------------------------------
     def remove_hooks(self) -> None:
@@ -256,6 +260,62 @@ class FeatureModel(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[no-untyped-call]
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
+
+
+def feature_info(
+    model: FeatureModel | nn.Module,
+    input_size: InputSize | None = None,
+    *,
+    layers: LayerSpec | None = None,
+    inputs: Any = None,
+) -> FeatureInfo:
+    """Shapes, channels and reductions of every key a FeatureModel returns, at no compute cost.
+
+    Args:
+        model: a :class:`~featwrap.FeatureModel`, or a plain module together with ``layers``.
+        input_size: ``(C, H, W)`` without batch (any number of spatial dims), or ``S`` for
+            ``(3, S, S)``. Default: the timm model's ``pretrained_cfg["input_size"]``, a
+            torchvision ViT's ``image_size``, else ``(3, 224, 224)``.
+        layers: the layers, when ``model`` is a plain module (as for ``FeatureModel``).
+        inputs: instead of ``input_size``, example inputs: a tensor, a tuple of positional
+            arguments or a dict of keyword arguments (their batch size does not matter).
+
+    Returns:
+        A :class:`FeatureInfo`. The model's parameters, buffers, mode and hooks are as before.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from featwrap import FeatureModel
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten())
+    >>> info = FeatureModel(net, {"0": "conv"}).feature_info((3, 32, 32))
+    >>> info["conv"].shape, info.channels(), info.reduction()
+    ((8, 16, 16), [8], [2])
+    """
+    if isinstance(model, FeatureModel):
+        if layers is not None:
+            raise FeatwrapValueError(
+                "feature_info(fm, layers=...): a FeatureModel has its layers already; pass a plain "
+                "module with layers=, or call fm.feature_info(input_size)."
+            )
+        return model.feature_info(input_size, inputs=inputs)
+    if isinstance(model, nn.Module):
+        if layers is None:
+            raise FeatwrapValueError(
+                f"feature_info({type(model).__name__}) needs layers=: the module paths to measure "
+                "(see featwrap.list_layers(model) or featwrap.stages(model)), or a FeatureModel."
+            )
+        return measure(
+            FeatureModel,
+            model,
+            layers,
+            output_key="logits",
+            repeats="last",
+            input_size=input_size,
+            inputs=inputs,
+        )
+    raise FeatwrapTypeError(
+        f"feature_info expects a FeatureModel or a torch.nn.Module, got {type(model).__name__}"
+    )
 
 
 def _option(enum: Any, value: Any, name: str) -> Any:

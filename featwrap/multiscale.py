@@ -22,6 +22,7 @@ from torch import nn
 from featwrap import _layout
 from featwrap._dryrun import check_input_size, default_input_size, dry_run
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+from featwrap.model import FeatureModel
 
 __all__ = ["stages"]
 
@@ -78,8 +79,6 @@ def stages(
     >>> stages(resnet18(), out_indices=(1, 2, 3, 4))
     ['layer1', 'layer2', 'layer3', 'layer4']
     """
-    from featwrap.model import FeatureModel
-
     if isinstance(model, FeatureModel):
         model = model.backbone
     if not isinstance(model, nn.Module):
@@ -151,7 +150,7 @@ def last_at_each_stride(
     one pixel, are not stages.
     """
     size = input_size or default_input_size(model)
-    run = dry_run(model, candidates, input_size=size, output_key=None)
+    run = dry_run(FeatureModel, model, candidates, input_size=size, output_key=None)
     by_level: dict[int, str] = {}
     for key, value in run.values.items():
         if value is None or not hasattr(value, "shape"):

@@ -1,0 +1,166 @@
+"""The package's shape: no import cycles, a one-way flow from the API down to the capture core,
+no function hiding its module, and a public API that is exported and documented in full.
+
+Imports are read from the source (every ``import`` statement, those inside functions included,
+those under ``if TYPE_CHECKING:`` left out, since they never run), so that a cycle hidden by an
+import inside a function is found too. See docs/architecture.md for the layers.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import featwrap
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "featwrap"
+
+#: The core, bottom to top: each may import only the ones before it. Everything else (datasets,
+#: pictures, model loading, the command line) is built on the core and never imported by it.
+CORE = [
+    "featwrap._version",
+    "featwrap.errors",
+    "featwrap._text",
+    "featwrap._options",
+    "featwrap._tree",
+    "featwrap._layout",
+    "featwrap._capture",
+    "featwrap.layers",
+    "featwrap._dryrun",
+    "featwrap.info",
+    "featwrap.model",
+]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(test)
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """The featwrap modules that running ``name`` imports (at the top or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parts = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                for alias in child.names:
+                    full = f"{base}.{alias.name}"
+                    found.add(full if full in MODULES else base)
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: imports_of(name, path) for name, path in MODULES.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    source = (
+        "def f():\n    from featwrap import model\nif TYPE_CHECKING:\n    import featwrap.hub\n"
+    )
+    probe = PACKAGE / "_probe_for_test.py"
+    try:
+        probe.write_text(source, encoding="utf-8")
+        MODULES["featwrap._probe_for_test"] = probe
+        assert imports_of("featwrap._probe_for_test", probe) == {"featwrap.model"}
+    finally:
+        MODULES.pop("featwrap._probe_for_test", None)
+        probe.unlink()
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(GRAPH) == [], "import cycles (each list is one cycle's modules)"
+
+
+def test_the_core_imports_only_the_layers_below_it() -> None:
+    wrong = []
+    for i, name in enumerate(CORE):
+        if name not in MODULES:
+            continue
+        below = set(CORE[:i])
+        wrong += [f"{name} imports {m}" for m in sorted(GRAPH[name]) if m not in below]
+    assert wrong == []
+
+
+def test_no_function_hides_its_module() -> None:
+    for name in MODULES:
+        if name.endswith(".__main__"):  # importing it runs the command line
+            continue
+        module = importlib.import_module(name)
+        parent, _, short = name.rpartition(".")
+        if parent:
+            attribute = getattr(importlib.import_module(parent), short)
+            assert attribute is module, f"{parent}.{short} is {attribute!r}, not the module"
+
+
+def test_every_public_name_is_exported_and_importable() -> None:
+    assert len(set(featwrap.__all__)) == len(featwrap.__all__)
+    for name in featwrap.__all__:
+        assert getattr(featwrap, name) is not None
+    namespace: dict[str, object] = {}
+    exec("from featwrap import *", namespace)
+    assert set(featwrap.__all__) <= set(namespace)
