@@ -13,6 +13,7 @@ from torch import nn
 
 from benchmarks import methods as m
 from benchmarks.checks import reference_features
+from featwrap._text import did_you_mean
 from featwrap.errors import FeatwrapValueError
 
 __all__ = [
@@ -464,10 +465,7 @@ def select_cases(
     for pattern in patterns:
         found = [i for i in ids if fnmatch.fnmatchcase(i, pattern)]
         if not found:
-            import difflib
-
-            close = difflib.get_close_matches(pattern, ids, n=3, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(pattern, ids, cutoff=0.5)
             raise FeatwrapValueError(
                 f"No benchmark case matches {pattern!r}.{hint} `python -m benchmarks --list` lists the "
                 "case ids; globs such as 'resnet18-*' work."

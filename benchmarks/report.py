@@ -8,6 +8,7 @@ from pathlib import Path
 from benchmarks.goals import Goal, HookCost, evaluate, hook_costs
 from benchmarks.methods import LABELS
 from benchmarks.runner import BenchResults, CaseResult, MethodResult
+from featwrap._text import table
 
 __all__ = ["PLOT_DPI", "PLOT_INCHES", "console_case", "console_goals", "plot", "write_report"]
 
@@ -68,8 +69,7 @@ def console_case(case: CaseResult) -> str:
         rows.append(
             (m.name, status[:70], _time(m.median_s), _ratio(m.vs_baseline), _ratio(m.featwrap_vs))
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines += table(rows, indent="  ")
     mem = [m for m in case.methods if m.memory is not None]
     if mem:
         lines.append(

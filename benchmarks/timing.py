@@ -41,10 +41,6 @@ class Timings:
         """Median over rounds of ``t_a / t_b`` (paired within each round)."""
         return statistics.median(self._paired(a, b, lambda x, y: x / y))
 
-    def ratio_quartiles(self, a: str, b: str) -> tuple[float, float]:
-        """The first and third quartiles of the paired ratios ``t_a / t_b``: the spread of the noise."""
-        return _quartiles(self._paired(a, b, lambda x, y: x / y))
-
     def ratio_interval(self, a: str, b: str) -> tuple[float, float]:
         """A 95% confidence interval of the median paired ratio ``t_a / t_b`` (order statistics).
 
@@ -139,13 +135,6 @@ def interleaved(
         if gc_enabled:
             gc.enable()
     return timings
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return (values[0], values[0]) if values else (math.nan, math.nan)
-    q = statistics.quantiles(values, n=4)
-    return q[0], q[2]
 
 
 def _nothing() -> None:

@@ -24,34 +24,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any
 
 import torch
 
 from featwrap import _tree
+from featwrap._options import Missing, Repeats
 from featwrap.errors import MissingFeatureError, RepeatedCallError
 
 Tensor = torch.Tensor
 _lazy_clone = torch._lazy_clone
 _grad_enabled = torch.is_grad_enabled
-
-
-class Repeats(str, Enum):
-    """What to return for a layer that runs several times in one forward."""
-
-    LAST = "last"
-    FIRST = "first"
-    ALL = "all"
-    ERROR = "error"
-
-
-class Missing(str, Enum):
-    """What to do with a requested layer that did not run in a forward."""
-
-    ERROR = "error"
-    SKIP = "skip"
-    NONE = "none"
 
 
 class StopForward(BaseException):

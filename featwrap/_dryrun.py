@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from featwrap import _tree
+from featwrap._options import OUTPUT_KEY
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def dry_run(
     *,
     input_size: Sequence[int] | int | None = None,
     inputs: Any = None,
-    output_key: str | None = "logits",
+    output_key: str | None = OUTPUT_KEY,
     repeats: str = "last",
 ) -> DryRun:
     """Run ``feature_model(backbone, layers)`` once on fake tensors (a real forward if it must).

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featwrap._text import did_you_mean, suggest
 from featwrap.errors import FeatwrapError, FeatwrapValueError
 
 __all__ = ["LoadedModel", "UnknownModelError", "WeightsUnavailableError", "load_model"]
@@ -205,10 +206,7 @@ def _factory(
         ) from error
     factory = getattr(module, attr, None)
     if not callable(factory):
-        close = difflib.get_close_matches(
-            attr, [n for n in dir(module) if not n.startswith("_")], n=3
-        )
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(attr, [n for n in dir(module) if not n.startswith("_")])
         raise UnknownModelError(f"{module_name} has no callable {attr!r}.{hint}")
     if not _is_random(weights):
         raise FeatwrapValueError(
@@ -239,9 +237,7 @@ def _unknown(name: str, source: str | None = None) -> str:
         bare.setdefault(c.split(":", 1)[1], c)
     close = [bare[c] for c in difflib.get_close_matches(name, list(bare), n=3, cutoff=0.6)]
     where = source or "torchvision or timm"
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    if len(close) > 1:
-        hint += " (Also close: " + ", ".join(repr(c) for c in close[1:]) + ".)"
+    hint = suggest(close)
     return (
         f"Unknown model {name!r} in {where}.{hint} Names look like 'torchvision:resnet18', "
         "'timm:convnext_atto' or 'package.module:factory'; torchvision.models.list_models() and "

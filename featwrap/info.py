@@ -19,6 +19,7 @@ from torch import nn
 
 from featwrap import _layout
 from featwrap._dryrun import DryRunWarning, default_input_size, dry_run
+from featwrap._text import table
 
 if TYPE_CHECKING:
     from featwrap.layers import LayerSpec
@@ -119,10 +120,7 @@ class FeatureInfo(Mapping[str, FeatureMeta]):
             rows.append(
                 (m.key, _layout.format_shapes(m.shapes), _str(m.channels), _str(m.reduction))
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        ]
+        lines = table(rows)
         how = "a real forward" if self.real_forward else "fake tensors"
         return f"FeatureInfo(input_size={self.input_size}, measured with {how})\n" + "\n".join(
             lines

@@ -18,7 +18,8 @@ from torch import nn
 
 from featwrap import _layout
 from featwrap._dryrun import dry_run
-from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+from featwrap._text import table as text_table
+from featwrap.errors import FeatwrapTypeError, FeatwrapValueError, LayerNotFoundError
 from featwrap.layers import list_layers
 from featwrap.model import FeatureModel
 
@@ -78,11 +79,7 @@ class LayerSummary(Sequence[LayerRow]):
     def __str__(self) -> str:
         header = ("path", "module", "output shape", "channels", "reduction", "notes")
         table = [header] + [_cells(r) for r in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in table
-        ]
+        lines = text_table(table)
         how = (
             "a real forward (the model cannot run on fake tensors)"
             if self.real_forward
@@ -199,7 +196,7 @@ def _paths(
             raise FeatwrapValueError(f"depth must be a positive int, got {depth!r}")
         paths = [p for p in paths if p.count(".") < depth]
     if not paths:
-        raise FeatwrapValueError(
+        raise LayerNotFoundError(
             f"No layer of {type(model).__name__} matches pattern={pattern!r}, depth={depth!r}. "
             "featwrap.list_layers(model) lists every path."
         )

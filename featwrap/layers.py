@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from typing import Any, TypeAlias
 
 from torch import nn
 
+from featwrap._text import did_you_mean, suggest
 from featwrap.errors import FeatwrapTypeError, LayerNotFoundError, LayerSpecError
 
 __all__ = ["Capture", "LayerSpec", "ResolvedLayer", "Selector", "list_layers", "resolve_layers"]
@@ -20,7 +20,6 @@ Selector: TypeAlias = int | str | Callable[..., Any]
 
 _GLOB_CHARS = frozenset("*?[")
 _INPUT_SUFFIX = ":input"
-_OUTPUT_SUFFIX = ":output"
 
 
 @dataclass(frozen=True)
@@ -234,12 +233,10 @@ def _get_module(model: nn.Module, path: str, all_paths: list[str]) -> nn.Module:
     # get_submodule only walks nn.Module attributes; paths of shared modules (listed once by
     # named_modules) are found here too, but a typo is not.
     everything = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
-    close = difflib.get_close_matches(path, everything, n=3, cutoff=0.6)
-    if not close:
-        close = [p for p in all_paths if p.endswith("." + path.rsplit(".", 1)[-1])][:3]
-    suggestion = f" Did you mean {close[0]!r}?" if close else ""
-    if len(close) > 1:
-        suggestion += f" (Also close: {_or(close[1:])}.)"
+    suggestion = did_you_mean(path, everything, n=3)
+    if not suggestion:  # the same last part elsewhere: 'conv1' -> 'layer1.0.conv1'
+        same_end = [p for p in all_paths if p.endswith("." + path.rsplit(".", 1)[-1])][:3]
+        suggestion = suggest(same_end)
     raise LayerNotFoundError(
         f"{path!r} is not a submodule of {type(model).__name__}.{suggestion} {_hint(model)}"
     )
@@ -269,11 +266,6 @@ def _hint(model: nn.Module) -> str:
         f"See featwrap.list_layers(model) for the {type(model).__name__}'s layer paths "
         "(or `featwrap layers MODEL` on the command line)."
     )
-
-
-def _or(items: list[str]) -> str:
-    quoted = [repr(i) for i in items]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _short(items: list[str], n: int = 4) -> str:

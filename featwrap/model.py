@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from featwrap._capture import Missing, Recorder, Repeats, StopForward
+from featwrap._capture import Recorder, StopForward
+from featwrap._options import OUTPUT_KEY, Missing, Repeats
 from featwrap.errors import (
     BackboneError,
     FeatwrapError,
@@ -90,8 +91,8 @@ class FeatureModel(nn.Module):
             )
         if not isinstance(detach, bool):
             raise FeatwrapTypeError(f"detach must be True or False, got {detach!r}")
-        repeats_ = _option(Repeats, repeats, "repeats")
-        missing_ = _option(Missing, missing, "missing")
+        repeats_ = Repeats.parse(repeats, "repeats")
+        missing_ = Missing.parse(missing, "missing")
         resolved = resolve_layers(backbone, layers, output_key)
 
         self.backbone = backbone
@@ -308,22 +309,14 @@ def feature_info(
             FeatureModel,
             model,
             layers,
-            output_key="logits",
-            repeats="last",
+            output_key=OUTPUT_KEY,
+            repeats=Repeats.LAST,
             input_size=input_size,
             inputs=inputs,
         )
     raise FeatwrapTypeError(
         f"feature_info expects a FeatureModel or a torch.nn.Module, got {type(model).__name__}"
     )
-
-
-def _option(enum: Any, value: Any, name: str) -> Any:
-    try:
-        return enum(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum)
-        raise FeatwrapValueError(f"{name}={value!r} is not one of {choices}.") from None
 
 
 def _parent(backbone: nn.Module, path: str) -> nn.Module | None:

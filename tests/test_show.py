@@ -15,7 +15,13 @@ from torchvision.models import resnet18
 
 from featwrap.assets import sample_image
 from featwrap.cli import main
-from featwrap.viz import channel_grid, save_channel_grid, save_layer_statistics
+from featwrap.viz import (
+    channel_figure,
+    channel_grid,
+    save_channel_grid,
+    save_layer_statistics,
+    statistics_figure,
+)
 from tests.reference import reference
 
 
@@ -36,12 +42,16 @@ def test_show_saves_the_grid_and_the_statistics(
             "--image-size", "64", "--out", str(grid)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"Wrote {grid} (530x530 px): 64 channels of layer1 (64, 16, 16)" in printed
     with Image.open(grid) as image:
         assert image.format == "PNG"
-        assert image.mode == "RGB"
-        assert image.size == grid_size(64, 16, 16) == (530, 530)
-        pixels = np.asarray(image)
+        width, height = image.size
+        pixels = np.asarray(image.convert("RGB"))
+    assert f"Wrote {grid} ({width}x{height} px): 64 channels of layer1 (64, 16, 16)" in printed
+    # the grid of 530x530 px, drawn one pixel per pixel 0.45 inch (45 px) from the top and
+    # 0.15 inch from the left, beside a colour scale (1 inch) and under the title
+    assert grid_size(64, 16, 16) == (530, 530)
+    assert (width, height) == (15 + 530 + 100, 45 + 530 + 15)
+    pixels = pixels[45 : 45 + 530, 15 : 15 + 530]
     with Image.open(stats) as image:
         assert image.format == "PNG"
         assert image.size == (1000, 600)
@@ -61,8 +71,9 @@ def test_show_saves_the_grid_and_the_statistics(
     channel = calls["layer1"][0][0, 0].numpy().astype(np.float64)
     scaled = (channel - channel.min()) / (channel.max() - channel.min())
     colors = matplotlib.colormaps["viridis"](np.round(scaled * 255).astype(int))[..., :3] * 255
-    cell = pixels[2 : 2 + 64 : 4, 2 : 2 + 64 : 4].astype(np.float64)  # one pixel per value (x4)
-    assert np.abs(cell - colors).max() <= 1.0
+    # one pixel per value (x4); the lower right of the cell (the channel number sits top left)
+    cell = pixels[2 : 2 + 64 : 4, 2 : 2 + 64 : 4].astype(np.float64)
+    assert np.abs(cell[8:, 8:] - colors[8:, 8:]).max() <= 1.0
     assert (pixels[:2] == 255).all()
     assert (pixels[:, :2] == 255).all()
 
@@ -75,9 +86,12 @@ def test_show_from_an_extraction(tmp_path: Path, capsys: pytest.CaptureFixture[s
     argv = ["show", "--features", str(out), "--layer", "layer2", "--index", "1", "--out", str(grid),
             "--max-channels", "10"]  # fmt: skip
     assert main(argv) == 0
-    assert "10 channels of layer2 (128, 4, 4) for cat.jpg" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     with Image.open(grid) as image:
-        assert image.size == grid_size(10, 4, 4)  # 4 columns, 3 rows of 64 px cells
+        width, height = image.size
+    assert f"({width}x{height} px): 10 channels of layer2 (128, 4, 4) for cat.jpg" in printed
+    assert grid_size(10, 4, 4) == (266, 200)  # 4 columns, 3 rows of 64 px cells
+    assert height == 45 + 200 + 15
     with Image.open(tmp_path / "g-stats.png") as image:
         assert image.size == (1000, 600)
     assert main([*argv[:4], "layer3", *argv[5:]]) == 2
@@ -95,9 +109,9 @@ def test_channel_grid_shapes_and_values(tmp_path: Path) -> None:
     assert (grid[8:, 11:] == 255).all()  # the sixth cell is empty
     vector = channel_grid(torch.randn(10))  # a (C,) vector: one 4x4 heat map, 6 values empty
     assert tuple(vector.shape) == (2 + 64 + 2, 2 + 64 + 2, 3)
-    size = save_channel_grid(torch.randn(512, 1, 1), tmp_path / "v.png")
+    size = save_channel_grid(torch.randn(512, 1, 1), tmp_path / "v.png")  # a bar plot
     with Image.open(tmp_path / "v.png") as image:
-        assert image.size == size == (2 + 46 + 2, 2 + 46 + 2)  # 23x23 values, x2
+        assert image.size == size == (1000, 360)
     with pytest.raises(ValueError, match="index the batch first"):
         channel_grid(torch.randn(2, 3, 4, 4))
     stats = {"a": {"mean": 0.1, "std": 1.0, "min": -2.0, "max": 3.0, "zeros": 0.5}}
@@ -117,7 +131,8 @@ def test_show_function_leaves_the_model_as_found(tmp_path: Path) -> None:
     image = Image.open(sample_image("shapes.jpg"))
     result = show(model, image, "1", tmp_path / "g.png", stats=tmp_path / "s.png", image_size=20)
     assert result["shape"] == (5, 18, 18)
-    assert result["grid"] == grid_size(5, 18, 18) == (3 * (54 + 2) + 2, 2 * (54 + 2) + 2)
+    assert grid_size(5, 18, 18) == (3 * (54 + 2) + 2, 2 * (54 + 2) + 2) == (170, 114)
+    assert result["grid"][1] == 45 + 114 * 2 + 15  # small grids are drawn at x2 (400 // 170)
     assert result["stats"] == (1000, 600)
     assert result["layers"] == 4
     with Image.open(tmp_path / "g.png") as png:
@@ -126,3 +141,60 @@ def test_show_function_leaves_the_model_as_found(tmp_path: Path) -> None:
     assert all(m.training for m in model.modules())
     assert all(not m._forward_hooks for m in model.modules())
     assert int(model[1].num_batches_tracked) == 0  # ran in eval mode: BatchNorm stats untouched
+
+
+def test_a_vector_layer_is_a_bar_plot_of_its_values(tmp_path: Path) -> None:
+    """avgpool (512, 1, 1) and fc (1000,): every value, against independent reference hooks."""
+    torch.manual_seed(0)
+    model = resnet18(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        _, calls = reference(model, ["avgpool", "fc"], x)
+    avgpool, fc = calls["avgpool"][0][0], calls["fc"][0][0]
+    figure = channel_figure(avgpool, title="avgpool")
+    (ax,) = figure.axes
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == pytest.approx(avgpool.reshape(-1).double().tolist(), abs=0)
+    assert ax.get_xlabel() == "channel"
+    assert not ax.images  # no 1x1 tiles
+    (line,) = channel_figure(fc).axes[0].get_lines()[:1]  # beyond 512 channels: a line
+    assert list(line.get_ydata()) == pytest.approx(fc.double().tolist(), abs=0)
+    assert len(line.get_xdata()) == 1000
+
+
+def test_a_map_is_numbered_and_has_a_colour_scale() -> None:
+    feature = torch.randn(20, 7, 7)
+    figure = channel_figure(feature, max_channels=12)
+    grid_ax, scale_ax = figure.axes
+    assert np.array_equal(grid_ax.images[0].get_array(), channel_grid(feature, max_channels=12))
+    assert [t.get_text() for t in grid_ax.texts] == [str(i) for i in range(12)]
+    assert grid_ax.get_title(loc="left") == "12 of 20 channels"
+    assert [t.get_text() for t in scale_ax.get_yticklabels()] == ["min", "max"]
+
+
+def test_statistics_show_ranges_a_layer_can_have(tmp_path: Path) -> None:
+    """Percentiles against torch.quantile; every drawn range within the layer's min and max
+    (a ReLU layer is never drawn below zero, as mean - std was)."""
+    from featwrap.extraction import layer_statistics
+
+    torch.manual_seed(0)
+    relu = torch.relu(torch.randn(101, 1))  # 101 values: each percentile is one exact rank
+    wide = torch.randn(4, 30000)  # more values than the exact sample: an evenly spaced one
+    stats = layer_statistics({"relu": relu, "wide": wide})
+    for p in (1, 25, 50, 75, 99):
+        exact = torch.quantile(relu.double().reshape(-1), p / 100, interpolation="nearest")
+        assert stats["relu"][f"p{p:02d}"] == exact.item()
+        close = torch.quantile(wide.double().reshape(-1)[::2], p / 100).item()
+        assert abs(stats["wide"][f"p{p:02d}"] - close) < 0.05
+    assert stats["relu"]["min"] == 0.0
+    saved = save_layer_statistics(stats, tmp_path / "s.png")
+    with Image.open(tmp_path / "s.png") as image:
+        assert image.size == saved == (1000, 600)
+    figure = statistics_figure(stats)
+    top = figure.axes[0]
+    for collection in top.collections[:3]:  # min-max, 1-99%, 25-75%
+        for segment, (low, high) in zip(
+            collection.get_segments(), [(s["min"], s["max"]) for s in stats.values()], strict=True
+        ):
+            ys = segment[:, 1]
+            assert low <= ys.min() <= ys.max() <= high

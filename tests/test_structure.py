@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import featwrap
@@ -25,6 +28,7 @@ CORE = [
     "featwrap._text",
     "featwrap._options",
     "featwrap._tree",
+    "featwrap._modes",
     "featwrap._layout",
     "featwrap._capture",
     "featwrap.layers",
@@ -164,3 +168,58 @@ def test_every_public_name_is_exported_and_importable() -> None:
     namespace: dict[str, object] = {}
     exec("from featwrap import *", namespace)
     assert set(featwrap.__all__) <= set(namespace)
+
+
+def test_every_public_name_has_a_home_and_a_type_checking_import() -> None:
+    init = (PACKAGE / "__init__.py").read_text(encoding="utf-8")
+    checked = init[init.index("if TYPE_CHECKING:") : init.index("_HOMES")]
+    for name in featwrap.__all__:
+        if name == "__version__":
+            continue
+        home = featwrap._HOMES[name]
+        assert getattr(importlib.import_module(home), name) is getattr(featwrap, name)
+        assert re.search(rf"\b{name}\b", checked), f"{name} is not imported under TYPE_CHECKING"
+    assert set(featwrap._HOMES) == set(featwrap.__all__) - {"__version__"}
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    rendered = set(re.findall(r"^::: featwrap\.(?:[\w.]+\.)?(\w+)\s*$", page, re.MULTILINE))
+    for block in re.findall(r"members: \[([^\]]*)\]", page):
+        rendered |= {m.strip() for m in block.split(",")}
+    missing = [n for n in featwrap.__all__ if n != "__version__" and n not in rendered]
+    assert missing == [], "public names that docs/api.md does not render"
+
+
+def _modules_loaded_by(code: str) -> list[str]:
+    """The heavy third-party packages in ``sys.modules`` after running ``code`` in a fresh
+    interpreter."""
+    script = (
+        "import contextlib, io, sys\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + "heavy = ('torch', 'torchvision', 'timm', 'matplotlib', 'numpy', 'PIL')\n"
+        + "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return result.stdout.split()
+
+
+def test_import_featwrap_and_the_command_lines_help_load_no_heavy_module() -> None:
+    assert _modules_loaded_by("import featwrap") == []
+    for command in (
+        [],
+        ["--help"],
+        ["extract", "--help"],
+        ["layers", "--help"],
+        ["show", "--help"],
+    ):
+        code = f"from featwrap.cli import main\nmain({command!r})"
+        assert _modules_loaded_by(code) == [], command
+
+
+def test_a_public_name_loads_what_it_needs() -> None:
+    """The check above is not vacuous: the same probe sees torch once a name is used."""
+    assert "torch" in _modules_loaded_by("import featwrap\nfeatwrap.FeatureModel")

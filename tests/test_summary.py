@@ -142,8 +142,10 @@ def test_cli_golden(name: str, argv: list[str], capsys: pytest.CaptureFixture[st
 
 
 def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["layers", "torchvision:resnet18", "-p", "nothing*"]) == 1
-    assert "No layer of torchvision:resnet18 matches 'nothing*'" in capsys.readouterr().out
+    assert main(["layers", "torchvision:resnet18", "-p", "nothing*"]) == 2
+    assert (
+        "No layer of torchvision:resnet18 matches --pattern 'nothing*'" in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         main(["layers", "-s", "3,x"])
     assert "'3,x' is not a size" in capsys.readouterr().err

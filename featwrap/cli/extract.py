@@ -14,16 +14,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from featwrap._options import OnError, Pooling
+from featwrap.cli._parsing import WordList, add_command
 from featwrap.errors import FeatwrapValueError
 
 HELP = "extract layers' features over a dataset to safetensors (resumable, torchrun-ready)"
 
 DEFAULT_MODEL = "torchvision:resnet18"
-DEFAULT_LAYERS = "maxpool,layer3.0.downsample.1,avgpool,logits"
+DEFAULT_LAYERS = ["maxpool", "layer3.0.downsample.1", "avgpool", "logits"]
+
+
+EXAMPLES = (
+    "featwrap extract                     # the seed scenario: resnet18 over the sample images",
+    "featwrap extract --model timm:resnet18 --data photos/ --layers layer4 fc --pool avg",
+    "featwrap extract --layers maxpool,avgpool --out features --dtype float16",
+    "torchrun --nproc_per_node 2 -m featwrap extract --data photos/ --out features",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("extract", help=HELP, description=HELP)
+    p = add_command(sub, "extract", HELP, EXAMPLES)
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
     p.add_argument(
         "--weights",
@@ -33,9 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument(
         "--layers",
+        nargs="+",
+        action=WordList,
         default=DEFAULT_LAYERS,
-        help="comma-separated layer paths or globs; 'logits' is the model's output "
-        "(default: %(default)s)",
+        metavar="LAYER",
+        help="layer paths or globs, as several words or comma-separated; 'logits' is the "
+        "model's output (default: %(default)s)",
     )
     p.add_argument(
         "--data",
@@ -44,35 +57,70 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "(default: the sample images shipped with featwrap)",
     )
     p.add_argument("--out", default="features", help="output directory (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     p.add_argument(
-        "--num-workers", type=int, default=None, help="DataLoader workers (default: auto)"
+        "--batch-size", type=int, default=32, help="samples per forward (default: %(default)s)"
     )
-    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1'... (default: auto)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: auto, from the CPU count)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="'cpu', 'cuda', 'cuda:1'... (default: auto, a GPU when there is one)",
+    )
     p.add_argument(
         "--pool",
-        default="none",
-        help="none|avg|max|flatten for every layer, and/or LAYER=POOL entries, comma-separated "
-        "('avg,logits=none') (default: %(default)s)",
+        nargs="+",
+        action=WordList,
+        default=["none"],
+        metavar="POOL",
+        help=f"{'|'.join(Pooling.choices())} for every layer, and/or LAYER=POOL entries, as "
+        "several words or comma-separated ('avg logits=none') (default: %(default)s)",
     )
-    p.add_argument("--image-size", type=int, default=None, help="resize and crop images to this")
-    p.add_argument("--dtype", default=None, help="store floating features as e.g. float16")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize and center-crop images to this size (default: the model's own, else 224)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="store floating features as this dtype, e.g. float16 (default: as computed)",
+    )
     p.add_argument(
         "--on-error",
-        choices=("fail", "skip"),
-        default="fail",
-        help="an unreadable image: stop, naming it, or skip it (recorded in the manifest)",
+        choices=OnError.choices(),
+        default=OnError.FAIL.value,
+        help="an unreadable image: stop, naming it, or skip it, recorded in the manifest "
+        "(default: %(default)s)",
     )
-    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (default: 1024)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run with other arguments")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=1024,
+        help="rows per shard, the unit written and resumed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output written with other arguments (default: refuse)",
+    )
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar, no summary (default: shown)"
+    )
     p.set_defaults(func=run)
 
 
-def parse_pool(text: str, layers: list[str]) -> str | dict[str, str]:
-    """``"avg"`` -> ``"avg"``; ``"avg,logits=none"`` -> ``{every layer: avg, logits: none}``."""
+def parse_pool(words: list[str], layers: list[str]) -> str | dict[str, str]:
+    """``["avg"]`` -> ``"avg"``; ``["avg", "logits=none"]`` -> ``{every layer: avg, logits: none}``.
+
+    Names are checked by :func:`featwrap.extract` (close matches for typos)."""
     default, per_layer = "none", {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in words:
         key, eq, value = part.rpartition("=")
         if eq:
             per_layer[key] = value
@@ -94,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "shard_size"):
         if getattr(args, name) < 1:
             raise FeatwrapValueError(f"--{name.replace('_', '-')} must be at least 1")
-    layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
+    layers = list(args.layers)
     loaded, note = load_model_noted(args.model, args.weights)
     if note:
         say(f"featwrap: {note}")

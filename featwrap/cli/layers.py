@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import argparse
 
-from featwrap.errors import FeatwrapValueError
-from featwrap.hub import load_model
-from featwrap.layers import list_layers
+from featwrap.cli._parsing import add_command
+from featwrap.errors import FeatwrapValueError, LayerNotFoundError
 
 HELP = (
     "list a model's layers with output shape, channels and reduction (the names FeatureModel takes)"
 )
 
 
+EXAMPLES = (
+    "featwrap layers                                   # torchvision's resnet18",
+    "featwrap layers timm:convnext_atto --stages       # the multi-scale stages",
+    "featwrap layers torchvision:resnet18 --pattern 'layer4.*' --input-size 3,64,64",
+    "featwrap layers my_package.models:build_net --paths-only --depth 1",
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("layers", help=HELP, description=HELP)
+    p = add_command(sub, "layers", HELP, EXAMPLES)
     p.add_argument(
         "model",
         nargs="?",
         default="torchvision:resnet18",
         help="'torchvision:NAME', 'timm:NAME' or 'package.module:factory' (default: %(default)s)",
     )
-    p.add_argument("--pattern", "-p", default=None, help="only paths matching this glob")
+    p.add_argument(
+        "--pattern", "-p", default=None, help="only paths matching this glob (default: all)"
+    )
     p.add_argument(
         "--input-size",
         "-s",
@@ -30,17 +39,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=_input_size,
         help="C,H,W without batch, or S for 3,S,S (default: the model's own, else 3,224,224)",
     )
-    p.add_argument("--depth", "-d", type=int, default=None, help="only paths of at most D parts")
     p.add_argument(
-        "--stages", action="store_true", help="only the multi-scale stages (featwrap.stages)"
+        "--depth",
+        "-d",
+        type=int,
+        default=None,
+        help="only paths of at most D parts, 1 for the children of the model (default: all)",
     )
     p.add_argument(
-        "--paths-only", action="store_true", help="path and module type only, without a dry run"
+        "--stages",
+        action="store_true",
+        help="only the multi-scale stages, as featwrap.stages gives them (default: all layers)",
+    )
+    p.add_argument(
+        "--paths-only",
+        action="store_true",
+        help="path and module type only, without a dry run (default: the full table)",
     )
     p.add_argument(
         "--weights",
         default="none",
-        help="'none' (random, default), 'pretrained', a torchvision weights name or a checkpoint",
+        help="'none' (random), 'pretrained', a torchvision weights name or a checkpoint "
+        "(default: %(default)s)",
     )
     p.set_defaults(func=run)
 
@@ -58,6 +78,8 @@ def _input_size(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from featwrap.hub import load_model
+
     model = load_model(args.model, weights=args.weights).model
     if args.paths_only:
         return _paths_only(model, args)
@@ -71,25 +93,31 @@ def run(args: argparse.Namespace) -> int:
         table = summary(
             model, args.input_size, pattern=args.pattern, depth=args.depth, layers=layers
         )
-    except FeatwrapValueError as error:
-        if str(error).startswith("No layer of"):
-            print(f"No layer of {args.model} matches {args.pattern!r}.")
-            return 1
-        raise
+    except LayerNotFoundError as error:  # no path matches --pattern / --depth
+        raise _no_match(args) from error
     print(table)
     return 0
 
 
 def _paths_only(model: object, args: argparse.Namespace) -> int:
+    from featwrap.layers import list_layers
+
     paths = list_layers(model, args.pattern)  # type: ignore[arg-type]
     if args.depth is not None:
         paths = [p for p in paths if p.count(".") < args.depth]
     if not paths:
-        print(f"No layer of {args.model} matches {args.pattern!r}.")
-        return 1
+        raise _no_match(args)
     width = max(len(p) for p in paths)
     print(f"{'path':<{width}}  module")
     for path in paths:
         module = model.get_submodule(path)  # type: ignore[attr-defined]
         print(f"{path:<{width}}  {type(module).__name__}")
     return 0
+
+
+def _no_match(args: argparse.Namespace) -> FeatwrapValueError:
+    depth = f" with --depth {args.depth}" if args.depth is not None else ""
+    return FeatwrapValueError(
+        f"No layer of {args.model} matches --pattern {args.pattern!r}{depth}. "
+        f"`featwrap layers {args.model} --paths-only` lists every path."
+    )

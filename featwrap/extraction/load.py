@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from featwrap._text import dtype_name, table
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.layout import dtype_from_name, read_header
 from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output
@@ -74,7 +75,7 @@ class Features(Mapping[str, torch.Tensor]):
         return len(self._tensors)
 
     def __repr__(self) -> str:
-        layers = ", ".join(f"{k}: {tuple(v.shape)} {_dtype_name(v.dtype)}" for k, v in self.items())
+        layers = ", ".join(f"{k}: {tuple(v.shape)} {dtype_name(v.dtype)}" for k, v in self.items())
         where = f", path={str(self.path)!r}" if self.path else ""
         return f"Features({len(self.ids)} rows; {layers}{where})"
 
@@ -88,21 +89,16 @@ class Features(Mapping[str, torch.Tensor]):
                 (
                     key,
                     str(tuple(self[key].shape)),
-                    _dtype_name(self[key].dtype),
+                    dtype_name(self[key].dtype),
                     f"{stats['mean']:.4g}",
                     f"{stats['std']:.4g}",
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines = table(rows)
         n = len(next(iter(self.values()))) if self else 0
         if n > max_rows:
             lines.append(f"(mean and std over {max_rows} of the {n} rows, evenly spaced)")
-        return "\n".join(line.rstrip() for line in lines)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+        return "\n".join(lines)
 
 
 def load_features(path: str | os.PathLike[str], layers: Sequence[str] | None = None) -> Features:
@@ -178,10 +174,13 @@ def _map_tensors(file: Path) -> dict[str, torch.Tensor]:
 def layer_statistics(
     features: Mapping[str, torch.Tensor], max_rows: int | None = None
 ) -> dict[str, dict[str, float]]:
-    """``{layer: {"mean", "std", "min", "max", "zeros"}}`` over the rows (batch-first tensors).
+    """``{layer: {"mean", "std", "min", "max", "zeros", "p01", "p25", "p50", "p75", "p99"}}`` over
+    the rows (batch-first tensors).
 
-    ``zeros`` is the fraction of exact zeros. Computed in float64, a chunk of rows at a time, so
-    memory stays bounded; with ``max_rows``, over that many evenly spaced rows only.
+    ``zeros`` is the fraction of exact zeros; ``pNN`` the NN-th percentile (nearest rank), exact up
+    to 65,536 values per chunk of rows and measured on that many evenly spaced values of each
+    chunk beyond. Computed in float64, a chunk of rows at a time, so memory stays bounded; with
+    ``max_rows``, over that many evenly spaced rows only.
     """
     stats: dict[str, dict[str, float]] = {}
     for key, tensor in features.items():
@@ -202,12 +201,18 @@ def layer_statistics(
     return stats
 
 
+#: The percentiles of layer_statistics, and the values kept per chunk to measure them.
+PERCENTILES = (1, 25, 50, 75, 99)
+_SAMPLE = 1 << 16
+
+
 class _Moments:
-    """Count, mean, M2 (Chan et al.'s parallel update), min, max and zeros of a stream."""
+    """Count, mean, M2 (Chan et al.'s parallel update), min, max, zeros and a sample of a stream."""
 
     def __init__(self) -> None:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
         self.low, self.high, self.zeros = math.inf, -math.inf, 0
+        self.sample: list[torch.Tensor] = []
 
     def add(self, x: torch.Tensor) -> None:
         k = x.numel()
@@ -221,13 +226,16 @@ class _Moments:
         self.n = total
         self.low, self.high = min(self.low, x.min().item()), max(self.high, x.max().item())
         self.zeros += int((x == 0).sum().item())
+        self.sample.append(x[:: -(-k // _SAMPLE)].clone())  # evenly spaced; not a view
 
     def result(self) -> dict[str, float]:
         n = self.n
+        values = torch.cat(self.sample).sort().values if self.sample else torch.empty(0)
+        ranks = {f"p{p:02d}": round(p / 100 * (len(values) - 1)) for p in PERCENTILES}
         return {
             "mean": self.mean if n else math.nan,
             "std": math.sqrt(self.m2 / (n - 1)) if n > 1 else math.nan,
             "min": self.low if n else math.nan,
             "max": self.high if n else math.nan,
             "zeros": self.zeros / n if n else math.nan,
-        }
+        } | {key: values[i].item() if n else math.nan for key, i in ranks.items()}

@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 import torch
 
+from featwrap._options import Pooling
+from featwrap._text import did_you_mean
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 
 __all__ = ["POOLS", "Pool", "PoolSpec", "apply_pool", "pool_name", "resolve_pools"]
@@ -24,9 +25,10 @@ Pool: TypeAlias = str | Callable[[torch.Tensor], torch.Tensor]
 #: ``extract``'s ``pool``: one pooling for every layer, or ``{layer key: pooling}`` (others: none).
 PoolSpec: TypeAlias = Pool | Mapping[str, Pool]
 
-#: ``avg``/``max`` reduce every dimension after the channel one (NCHW, NCL, NCDHW layouts) and
-#: leave 2-D outputs as they are; ``flatten`` keeps one vector per sample.
-POOLS = ("none", "avg", "max", "flatten")
+#: The names of :class:`~featwrap.Pooling`: ``avg``/``max`` reduce every dimension after the
+#: channel one (NCHW, NCL, NCDHW layouts) and leave 2-D outputs as they are; ``flatten`` keeps one
+#: vector per sample.
+POOLS = Pooling.choices()
 
 
 def resolve_pools(spec: PoolSpec | None, keys: list[str]) -> dict[str, Pool]:
@@ -42,8 +44,7 @@ def resolve_pools(spec: PoolSpec | None, keys: list[str]) -> dict[str, Pool]:
         )
     for key in spec:
         if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, keys)
             raise FeatwrapValueError(
                 f"pool names the layer {key!r}, which is not extracted.{hint} The layers are "
                 f"{', '.join(map(repr, keys))}."
@@ -55,9 +56,8 @@ def _check(pool: Any, key: str) -> Pool:
     if callable(pool):
         return pool  # type: ignore[no-any-return]
     if isinstance(pool, str) and pool in POOLS:
-        return pool
-    close = difflib.get_close_matches(str(pool), POOLS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+        return str(pool)  # a Pooling member is recorded as its plain name
+    hint = did_you_mean(pool, POOLS)
     raise FeatwrapValueError(
         f"pool {pool!r} for layer {key!r} is not one of {', '.join(map(repr, POOLS))} nor a "
         f"callable.{hint}"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featwrap._options import OUTPUT_KEY
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError, LayerSpecError
 from featwrap.extraction.pool import Pool, apply_pool
 from featwrap.layers import Capture, LayerSpec, resolve_layers
@@ -16,7 +17,7 @@ from featwrap.model import FeatureModel
 __all__ = ["OUTPUT", "Forward", "compute_rows", "feature_forward"]
 
 #: In ``layers``, the model's own output (unless the model has a submodule of that name).
-OUTPUT = "logits"
+OUTPUT = OUTPUT_KEY
 
 #: ``forward(inputs) -> {key: value}``
 Forward = Callable[[Any], Mapping[str, Any]]

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from featwrap._modes import evaluating
+from featwrap._options import OnError
+from featwrap._text import dtype_name
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.extraction.data import (
     Source,
@@ -38,8 +41,6 @@ from featwrap.layers import LayerSpec
 from featwrap.model import FeatureModel
 
 __all__ = ["extract"]
-
-_ON_ERROR = ("fail", "skip")
 
 
 #: ``(indices read, rows, (index, error) of unreadable samples)`` of one batch
@@ -114,8 +115,7 @@ def extract(
     Under ``torchrun`` (or an initialized process group) each process takes every N-th shard and
     rank 0 writes the manifest once all are in; the output is the same as with one process.
     """
-    if on_error not in _ON_ERROR:
-        raise FeatwrapValueError(f"on_error={on_error!r} is not one of 'fail', 'skip'.")
+    on_error = OnError.parse(on_error, "on_error").value
     if not isinstance(shard_size, int) or shard_size < 1:
         raise FeatwrapValueError(f"shard_size must be a positive int, got {shard_size!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -147,8 +147,8 @@ class _prepared:
         self.module, self.device, self.forward = module, device, forward
 
     def __enter__(self) -> None:
-        self.modes = {m: m.training for m in self.module.modules()}
-        self.module.eval()
+        self.evaluating = evaluating(self.module)
+        self.evaluating.__enter__()
         self.moved_from = _module_device(self.module)
         if self.moved_from is not None and self.moved_from != self.device:
             self.module.to(self.device)
@@ -158,8 +158,7 @@ class _prepared:
             self.forward.remove_hooks()  # ours; a FeatureModel given as the model keeps its own
         if self.moved_from is not None and self.moved_from != self.device:
             self.module.to(self.moved_from)
-        for m, mode in self.modes.items():
-            m.training = mode
+        self.evaluating.__exit__(None, None, None)
 
 
 @dataclass
@@ -195,9 +194,7 @@ class _Job:
         ids = [i for n, i in enumerate(self.source.ids) if n not in gone]
         manifest = self._manifest()
         for key, value in tensors.items():
-            manifest["layers"][key].update(
-                shape=list(value.shape), dtype=str(value.dtype).removeprefix("torch.")
-            )
+            manifest["layers"][key].update(shape=list(value.shape), dtype=dtype_name(value.dtype))
         manifest.update(samples=self.n, rows=len(ids), ids=ids, skipped=sink.skipped)
         if self.source.targets is not None:
             targets = self.source.targets
@@ -353,7 +350,7 @@ class _Job:
             "parameters_sha256": _parameters_digest(self.model.module),
             "layers": dict(self.paths),
             "pool": {k: pool_name(p) for k, p in self.pools.items()},
-            "dtype": None if self.dtype is None else _dtype_name(self.dtype),
+            "dtype": None if self.dtype is None else dtype_name(self.dtype),
             "samples": self.n,
             "ids_sha256": ids,
             "transform": self.source.transform,
@@ -480,10 +477,6 @@ def _dtype(dtype: Any) -> torch.dtype | None:
     raise FeatwrapValueError(
         f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'float16' or 'bfloat16'."
     )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _parameters_digest(module: nn.Module) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featwrap._text import dtype_name
 from featwrap.extraction import _testing
 from featwrap.extraction.errors import OutputError, ResumeMismatchError
 from featwrap.extraction.layout import Layout, index_runs
@@ -221,7 +222,7 @@ class Output:
         for layer in layout.layers:
             entry = manifest["layers"].setdefault(layer.key, {})
             entry["shape"] = [rows, *layer.shape]
-            entry["dtype"] = str(layer.torch_dtype).removeprefix("torch.")
+            entry["dtype"] = dtype_name(layer.torch_dtype)
         manifest["samples"] = len(ids)
         manifest["rows"] = rows
         manifest["ids"] = [i for n, i in enumerate(ids) if n not in gone]
