@@ -342,6 +342,7 @@ def show(
         ``{"grid": (width, height), "shape": the layer's (C, H, W), "stats": (width, height) or
         None, "layers": number of layers in the plot}``.
     """
+    from featwrap._modes import evaluating
     from featwrap.extraction.data import ImageFolderData, default_transform
     from featwrap.extraction.load import layer_statistics
     from featwrap.layers import list_layers
@@ -361,15 +362,9 @@ def show(
         if not leaves:
             raise FeatwrapValueError(f"stats_layers={stats_layers!r} matches no layer.")
     wanted = [layer, *(p for p in leaves if p != layer)] if stats is not None else [layer]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        fm = FeatureModel(model, wanted, output_key=None, detach=True, missing="skip")
-        with fm, torch.no_grad():
-            values = fm(x.unsqueeze(0))
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    fm = FeatureModel(model, wanted, output_key=None, detach=True, missing="skip")
+    with evaluating(model), fm, torch.no_grad():
+        values = fm(x.unsqueeze(0))
     feature = values.get(layer)
     if not isinstance(feature, torch.Tensor):
         raise FeatwrapValueError(

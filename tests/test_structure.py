@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import featwrap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,3 +236,14 @@ def test_import_featwrap_and_the_command_lines_help_load_no_heavy_module() -> No
 def test_a_public_name_loads_what_it_needs() -> None:
     """The check above is not vacuous: the same probe sees torch once a name is used."""
     assert "torch" in _modules_loaded_by("import featwrap\nfeatwrap.FeatureModel")
+
+
+@pytest.mark.parametrize(
+    "module", ["featwrap._text", "featwrap._options", "featwrap._modes", "featwrap.cli._parsing"]
+)
+def test_the_helpers_docstring_examples(module: str) -> None:
+    import doctest
+
+    result = doctest.testmod(importlib.import_module(module), raise_on_error=False)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -178,9 +178,9 @@ def layer_statistics(
     the rows (batch-first tensors).
 
     ``zeros`` is the fraction of exact zeros; ``pNN`` the NN-th percentile (nearest rank), exact up
-    to 65,536 values per chunk of rows and measured on that many evenly spaced values of each
-    chunk beyond. Computed in float64, a chunk of rows at a time, so memory stays bounded; with
-    ``max_rows``, over that many evenly spaced rows only.
+    to 65,536 values, beyond that measured on evenly spaced values (at most about a million).
+    Computed in float64, a chunk of rows at a time, so memory stays bounded; with ``max_rows``,
+    over that many evenly spaced rows only.
     """
     stats: dict[str, dict[str, float]] = {}
     for key, tensor in features.items():
@@ -227,6 +227,8 @@ class _Moments:
         self.low, self.high = min(self.low, x.min().item()), max(self.high, x.max().item())
         self.zeros += int((x == 0).sum().item())
         self.sample.append(x[:: -(-k // _SAMPLE)].clone())  # evenly spaced; not a view
+        if sum(len(t) for t in self.sample) > 16 * _SAMPLE:  # bounded memory: thin it out
+            self.sample = [torch.cat(self.sample)[::2]]
 
     def result(self) -> dict[str, float]:
         n = self.n
