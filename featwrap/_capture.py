@@ -55,7 +55,7 @@ class Missing(str, Enum):
 
 
 class StopForward(BaseException):
-    """Raised by a hook to end the backbone's forward once every requested layer has fired.
+    """Raised by a hook to end the backbone's forward once every requested layer's value is final.
 
     A ``BaseException`` so that ``except Exception`` blocks inside user models let it through.
     """
