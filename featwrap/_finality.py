@@ -6,19 +6,22 @@ forward's code, so it decides from the module tree, with what it knows of the co
 * ``nn.Sequential`` (its own ``forward``) calls each child once, in order, per call;
 * a stack (``nn.ModuleList`` / ``nn.ModuleDict``, which has no forward) is gone through once, in
   order, per call of the module holding it (``for block in self.blocks: x = block(x)``);
-* the root's forward calls each of its children that holds parameters or buffers once (the rule
-  featwrap has always used); any other module's own code may call its children several times
-  (BasicBlock calls its ``relu`` twice), and the root's may reuse one without weights (an
-  activation, a pooling);
+* a module's forward calls each child that holds parameters or buffers once (the root's
+  ``layer2``, a wrapper's ``bert.encoder``), except inside the blocks of a stack: blocks are
+  where models loop and share weights (ALBERT calls its one layer group twelve times), so a
+  module inside a block is final with its block;
+* a child without weights (an activation, a pooling) may be called again by its holder
+  (BasicBlock calls its ``relu`` twice);
 * a module registered under two paths (a shared block, a Siamese encoder) may run once per path.
 
-A module *runs once* per forward when every step from the root to it is one of the first three
-and it is registered under one path. A layer's **anchor** is the nearest module, itself or an
-ancestor, that runs once; the layer is final when the anchor's call is over: when the anchor
-returns, or, for an element of a stack, when the next element is called (so a stack that calls a
-block twice in a row is waited for); the last element of a stack, when the module holding the
-stack returns. A layer whose anchor is the root is final only when the forward returns (no early
-stop for it). With ``repeats="first"`` a layer is final at its first call, whatever the tree.
+A module *runs once* per forward when it is registered under one path and each step from the
+root to it is one of the first three (with its holder running once). A layer's **anchor** is the
+nearest module, itself or an ancestor, that runs once; the layer is final when the anchor's call
+is over: when the anchor returns, or, for an element of a stack, when the next element is called
+(so a block called several times in a row is waited for); the last element of a stack, when the
+module holding the stack returns. A layer whose anchor is the root is final only when the
+forward returns (no early stop for it). With ``repeats="first"`` a layer is final at its first
+call, whatever the tree.
 
 At run time, a layer called again after featwrap took its value as final raises
 :class:`~featwrap.RepeatedCallError` (the model breaks one of the rules above): an error, never a
@@ -122,7 +125,20 @@ class _Tree:
         parent = self.module(parent_path)
         if _is_stack(module) or _is_sequential(parent) or _is_stack(parent):
             return self.runs_once(parent_path)
-        return not parent_path and _has_weights(module)
+        return (
+            _has_weights(module)
+            and self.runs_once(parent_path)
+            and not self._in_stack_block(parent_path)
+        )
+
+    def _in_stack_block(self, path: str) -> bool:
+        """Whether ``path`` is an element of a stack or inside one."""
+        while path:
+            parent_path = _parent(path)
+            if _is_stack(self.module(parent_path)):
+                return True
+            path = parent_path
+        return False
 
     def final(self, path: str) -> Final:
         # a module registered under several paths is called from any of them: its anchor holds

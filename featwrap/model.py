@@ -54,8 +54,9 @@ class FeatureModel(nn.Module):
             the nearest module, the layer itself or an ancestor, that runs once per forward. A
             module runs once when it is registered under one path and each step from the root
             to it is a child of a plain ``nn.Sequential``, an element of an ``nn.ModuleList`` /
-            ``nn.ModuleDict`` (gone through once by the module holding it), or a child of the
-            root that holds parameters or buffers. The call is over when the anchor returns;
+            ``nn.ModuleDict`` (gone through once by the module holding it), or a child that
+            holds parameters or buffers (not inside a block of such a stack: a module there is
+            final with its block). The call is over when the anchor returns;
             for an element of a stack, when the next element is called (the last element: when
             the module holding the stack returns). So block ``k`` of a stack stops the forward
             before block ``k + 1`` runs, a block's ``relu`` (called twice) waits for its block,

@@ -310,3 +310,33 @@ class SequentialCalledOutside(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.tail(self.body(x)))
+
+
+class Wrapped(nn.Module):
+    """An HF task model's layout: ``model.encoder.layer`` inside a wrapper (BertForX.bert)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = EncoderModel(depth=3)
+        self.classifier = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.model(x))
+
+
+class SharedLayers(nn.Module):
+    """ALBERT's layout: a stack of ``groups`` blocks, each called ``repeat`` times in a row
+    (``groups=1``: one shared block for the whole depth)."""
+
+    def __init__(self, groups: int = 1, repeat: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.groups = nn.ModuleList(Block() for _ in range(groups))
+        self.repeat = repeat
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for i in range(len(self.groups) * self.repeat):
+            x = self.groups[i // self.repeat](x)
+        return self.head(x)

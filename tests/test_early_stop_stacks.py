@@ -21,7 +21,9 @@ from tests.models import (
     Loop,
     ReuseReLU,
     SequentialCalledOutside,
+    SharedLayers,
     Stack,
+    Wrapped,
 )
 from tests.reference import assert_same, reference
 
@@ -211,3 +213,31 @@ def test_timm_vit_blocks_stop_and_equal_forward_intermediates() -> None:
         x, indices=[1], stop_early=True, intermediates_only=True, output_fmt="NLC"
     )[0]
     assert_same(out["blocks.1"][:, model.num_prefix_tokens :], timm_out)
+
+
+def test_a_stack_inside_a_wrapper_stops() -> None:
+    model = Wrapped()
+    x = torch.randn(2, 4)
+    layer = "model.encoder.layer.0.fc2"
+    _, calls = reference(model, [layer], x)
+    with finished_calls(model, ["model.encoder.layer.1", "classifier"]) as ran:
+        out = run(model, [layer], x)
+    assert_same(out[layer], calls[layer][0])
+    assert ran == {"model.encoder.layer.1": 0, "classifier": 0}
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_albert_style_shared_blocks_are_waited_for(groups: int) -> None:
+    """Each block of the stack runs 3 times in a row: a block, and any module inside it, is
+    final when the next block is called (the last one: when the root returns)."""
+    model = SharedLayers(groups=groups, repeat=3)
+    x = torch.randn(2, 4)
+    layers = ["groups.0", "groups.0.fc1", "groups.0.act"]
+    _, calls = reference(model, layers, x)
+    for layer in layers:
+        assert_same(run(model, [layer], x)[layer], calls[layer][-1])
+        assert_same(run(model, [layer], x, repeats="all")[layer], calls[layer])
+    if groups == 2:
+        with finished_calls(model, ["groups.1"]) as ran:
+            run(model, ["groups.0.fc1"], x)
+        assert ran == {"groups.1": 0}
