@@ -241,3 +241,47 @@ def test_albert_style_shared_blocks_are_waited_for(groups: int) -> None:
         with finished_calls(model, ["groups.1"]) as ran:
             run(model, ["groups.0.fc1"], x)
         assert ran == {"groups.1": 0}
+
+
+#: timm transformer (and a few other) families: a block of their first stack of 3 or more
+TIMM_STACKS = [
+    "vit_tiny_patch16_224",
+    "deit_tiny_distilled_patch16_224",
+    "eva02_tiny_patch14_224",
+    "cait_xxs24_224",
+    "xcit_nano_12_p16_224",
+    "swin_tiny_patch4_window7_224",
+    "levit_128s",
+    "tiny_vit_5m_224",
+    "mixer_s32_224",
+    "pvt_v2_b0",
+    "caformer_s18",
+    "convnext_atto",
+]
+
+
+def first_stack(model: nn.Module) -> tuple[str, str]:
+    """The paths of blocks 1 and 2 of the model's first stack of 3 blocks or more."""
+    for path, module in model.named_modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 3:
+            names = list(module._modules)
+            return f"{path}.{names[1]}", f"{path}.{names[2]}"
+    raise AssertionError(f"{type(model).__name__} has no stack of 3 blocks")
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", TIMM_STACKS)
+def test_timm_zoo_block_of_a_stack(name: str) -> None:
+    """Block 1 of the model's first stack: equal to cloning hooks on the full forward, and
+    block 2 does not run."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    size = model.pretrained_cfg["input_size"]
+    x = torch.randn(1, *size)
+    layer, after = first_stack(model)
+    with torch.no_grad():
+        _, calls = reference(model, [layer], x)
+        with finished_calls(model, [after]) as ran:
+            out = run(model, [layer], x)
+    assert_same(out[layer], calls[layer][-1])
+    assert ran == {after: 0}
