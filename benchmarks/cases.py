@@ -302,6 +302,61 @@ def _only_blocks(
     return apply
 
 
+# -- early stop in block stacks ---------------------------------------------------------------------
+#: the block requested in the stack cases (block k of 12 should cost about (k + 1) / 12)
+STACK_BLOCK = 2
+
+
+def _stack_vit(name: str, px: int) -> Callable[[Settings], Setup]:
+    """``FeatureModel(vit, ["blocks.2"], output_key=None)`` against timm's own early stop."""
+
+    def build(s: Settings) -> Setup:
+        model = _timm(name, img_size=px)(s.device)
+        layers = {f"blocks.{STACK_BLOCK}": "block"}
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        side = px // 16
+
+        def nchw(key: str, t: torch.Tensor) -> torch.Tensor:
+            b, _, c = t.shape
+            return t[:, prefix:].reshape(b, side, side, c).permute(0, 3, 1, 2)
+
+        x = _input(s, 1, px)
+        methods = [
+            m.plain(model, None),
+            m.plain_copy(model, None),
+            m.featwrap(model, layers, None),
+            m.timm_forward_intermediates(
+                model, layers, None, [STACK_BLOCK], view=_only_blocks(nchw), stop_early=True
+            ),
+        ]
+        return Setup(x, _reference(model, layers, None, x, "no_grad"), methods)
+
+    return build
+
+
+def _stack_gpt(tokens: int) -> Callable[[Settings], Setup]:
+    """``FeatureModel(gpt2, ["h.2"], output_key=None)`` (blocks in an nn.ModuleList) against the
+    model's own loop stopped by hand."""
+
+    def build(s: Settings) -> Setup:
+        from benchmarks.gpt import GPT2Config, GPT2Model
+
+        config = GPT2Config()
+        model = _seeded(lambda: GPT2Model(config), s.device)
+        gen = torch.Generator().manual_seed(s.seed)
+        x = torch.randint(config.vocab_size, (1, tokens), generator=gen).to(s.device)
+        layers = {f"h.{STACK_BLOCK}": "block"}
+        methods = [
+            m.plain(model, None),
+            m.plain_copy(model, None),
+            m.featwrap(model, layers, None),
+            m.truncated_stack(model, STACK_BLOCK, "block"),
+        ]
+        return Setup(x, _reference(model, layers, None, x, "no_grad"), methods)
+
+    return build
+
+
 # -- torch.compile ----------------------------------------------------------------------------------
 def _compiled(s: Settings) -> Setup:
     torch._dynamo.reset()
@@ -411,6 +466,22 @@ def _all_cases() -> list[Case]:
                 quick=quick,
             ),
         ]
+    cases += [
+        Case(
+            "stack-vit-small-224px",
+            f"timm vit_small_patch16_224, 224 px, batch 1: blocks.{STACK_BLOCK} of 12 only "
+            "(output_key=None)",
+            "stack",
+            _stack_vit("vit_small_patch16_224", 224),
+        ),
+        Case(
+            "stack-gpt2-64tok",
+            f"GPT-2 small from its config (h: nn.ModuleList), 64 tokens, batch 1: h.{STACK_BLOCK} "
+            "of 12 only (output_key=None)",
+            "stack",
+            _stack_gpt(64),
+        ),
+    ]
     cases += [
         Case(
             "compile-resnet18-64px-b1",

@@ -187,8 +187,32 @@ def evaluate(results: BenchResults) -> list[Goal]:
                 where,
             ),
         )
+    stacks = [c for c in cases if c.group == "stack"]
+    goals += [
+        _ratio_goal(
+            "early stop in a block stack: featwrap / the stack's own early stop",
+            1.05,
+            _worst_of_peers(stacks, STACK_PEERS),
+            "stack-* cases",
+        ),
+        _ratio_goal(
+            "early stop in a block stack (block 3 of 12): featwrap / plain",
+            0.30,
+            _worst(stacks),
+            "stack-* cases",
+        ),
+    ]
     goals.append(_retained_goal(memory))
     return goals
+
+
+#: the peers that stop a stack early themselves: timm's forward_intermediates, a hand loop
+STACK_PEERS = ("timm-forward_intermediates-stop_early", "truncated-stack")
+
+
+def _worst_of_peers(cases: list[CaseResult], peers: Sequence[str]) -> Worst | None:
+    found = [w for peer in peers if (w := _worst(cases, peer=peer)) is not None]
+    return max(found, key=lambda w: w[0]) if found else None
 
 
 def _memory_cases(cases: list[CaseResult]) -> list[CaseResult]:

@@ -39,6 +39,7 @@ __all__ = [
     "plain_copy",
     "timm_features_only",
     "timm_forward_intermediates",
+    "truncated_stack",
 ]
 
 Role = Literal["baseline", "featwrap", "peer", "floor", "control"]
@@ -63,6 +64,8 @@ LABELS = {
     "cow-hooks": "minimal exact hooks: copy-on-write snapshot + version check",
     "timm-features_only": "timm features_only",
     "timm-forward_intermediates": "timm forward_intermediates",
+    "timm-forward_intermediates-stop_early": "timm forward_intermediates(stop_early=True)",
+    "truncated-stack": "the model's own loop, stopped after the block (hand-written)",
 }
 
 
@@ -315,8 +318,11 @@ def timm_forward_intermediates(
     output_key: str | None,
     indices: int | list[int],
     view: View | None = None,
+    stop_early: bool = False,
 ) -> Method:
-    """``model.forward_intermediates(x, indices=...)`` (then ``forward_head`` for the logits)."""
+    """``model.forward_intermediates(x, indices=...)`` (then ``forward_head`` for the logits);
+    ``stop_early``: ``stop_early=True, intermediates_only=True`` (needs ``output_key=None``)."""
+    name = "timm-forward_intermediates" + ("-stop_early" if stop_early else "")
 
     def build() -> Method:
         own: Any = _own(model)
@@ -326,7 +332,9 @@ def timm_forward_intermediates(
         if output_key is None:
 
             def run(x: torch.Tensor) -> Any:
-                return None, own.forward_intermediates(x, indices=indices, intermediates_only=True)
+                return None, own.forward_intermediates(
+                    x, indices=indices, intermediates_only=True, stop_early=stop_early
+                )
 
         else:
 
@@ -340,11 +348,20 @@ def timm_forward_intermediates(
             found.update(zip(keys, intermediates, strict=True))
             return found
 
-        return Method(
-            "timm-forward_intermediates", "peer", run, features, _keys(layers, output_key), view
-        )
+        return Method(name, "peer", run, features, _keys(layers, output_key), view)
 
-    return _guard("timm-forward_intermediates", "peer", build)
+    return _guard(name, "peer", build)
+
+
+def truncated_stack(model: nn.Module, index: int, key: str) -> Method:
+    """The model's own ``forward_until(x, index)``: the hidden states after block ``index``, with
+    no later block run (what a user writes by hand to stop a stack early)."""
+    own: Any = _own(model)
+
+    def run(x: torch.Tensor) -> Any:
+        return own.forward_until(x, index)
+
+    return Method("truncated-stack", "peer", run, lambda out: {key: out}, (key,))
 
 
 def compiled(method: Method) -> Method:

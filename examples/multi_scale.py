@@ -40,8 +40,8 @@ class SegmentationFPN(nn.Module):
         channels = [int(c or 0) for c in info.channels()]
         self.fpn = FeaturePyramidNetwork(channels, out_channels=64)
         self.classifier = nn.Conv2d(64, num_classes, kernel_size=1)
-        # Swin-like stages are channels-last ("N**C"); an FPN wants NCHW
-        self.last = [info[k].layout == "N**C" for k in info.layer_keys()]
+        # Swin-like stages are channels-last ("NHWC"); an FPN wants NCHW
+        self.last = [info[k].layout == "NHWC" for k in info.layer_keys()]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = OrderedDict(

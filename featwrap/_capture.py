@@ -38,7 +38,7 @@ _grad_enabled = torch.is_grad_enabled
 
 
 class StopForward(BaseException):
-    """Raised by a hook to end the backbone's forward once every requested layer has fired.
+    """Raised by a hook to end the backbone's forward once every requested layer's value is final.
 
     A ``BaseException`` so that ``except Exception`` blocks inside user models let it through.
     """
@@ -166,7 +166,16 @@ class Recorder:
     def on_parent_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
     ) -> None:
-        """Forward hook on the parent of layers that may repeat: they are final once it returns."""
+        """Forward hook on the anchor of layers that may repeat: they are final once it returns."""
+        session = self._running()
+        if session is None:
+            return
+        session.parent_done(indices)
+
+    def on_next_called(
+        self, indices: tuple[int, ...], module: Any, args: Any, kwargs: dict[str, Any]
+    ) -> None:
+        """Forward pre-hook on the next element of a stack: the layers before it are final."""
         session = self._running()
         if session is None:
             return
@@ -246,6 +255,8 @@ class Session:
         for i in indices:
             count = counts[i]
             counts[i] = count + 1
+            if self.done[i] and rec.stop_early and rec.repeats is not Repeats.FIRST:
+                self._called_after_final(i)
             if count and self._repeat_ignored(i, count):
                 continue
             if self.traced:  # the compiler sees in-place ops as data flow: a clone it can plan
@@ -277,6 +288,17 @@ class Session:
                 "'first' or 'all' (a list of every call) to accept this."
             )
         return False
+
+    def _called_after_final(self, i: int) -> None:
+        key = self.recorder.keys[i]
+        raise RepeatedCallError(
+            f"Layer {key!r} ran again after featwrap had taken its value as final to stop the "
+            "forward early (output_key=None): the model calls a module more often than its place "
+            "in the module tree shows (a block called again outside its stack, a stack gone "
+            "through twice). Returning the earlier value would be wrong, so featwrap stops here. "
+            "Pass output_key='logits' to run the whole forward, or repeats='first' to take the "
+            f"first call of {key!r}. See 'Early stop' in docs/how-it-works.md for the rule."
+        )
 
     def parent_done(self, indices: tuple[int, ...]) -> None:
         for i in indices:

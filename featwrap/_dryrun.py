@@ -189,16 +189,15 @@ def _real_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> An
 
 
 def _spatial_of(inputs: Any) -> tuple[int, ...]:
-    """Spatial dims of the first input tensor: ``(N, C, *spatial)`` images and volumes, or
-    ``(N, L)`` token ids. A 3-d float input is ``(N, C, L)`` or ``(N, L, D)``: unknown, so none
-    (pass ``input_size=(C, L)`` for a signal)."""
+    """Spatial dims of the first input tensor: ``(N, C, *spatial)`` images and volumes. Token
+    ids ``(N, L)`` have none (their features ``(N, L, D)`` are tokens of ``D`` channels), and a
+    3-d float input is ``(N, L, D)`` or ``(N, C, L)``: read as tokens, so none either (pass
+    ``input_size=(C, L)`` for a signal)."""
     first = next(_tree.tensors(inputs), None)
     if first is None:
         return ()
     if first.dim() >= 4:
         return tuple(first.shape[2:])
-    if first.dim() == 2 and not first.is_floating_point():
-        return (first.shape[1],)
     return ()
 
 

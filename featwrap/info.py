@@ -41,15 +41,24 @@ class FeatureMeta:
         shape: the tensor's shape without the batch (first) dimension; ``None`` for a value that
             is not a tensor (see ``shapes``).
         channels: the channel count: dim 0 of ``shape`` for channels-first maps (``NCHW``), the last
-            dim for channels-last maps (``NHWC``, Swin) and tokens (``NLC``, ViT), the only dim of
-            a vector; ``None`` when the layout is unclear.
-        reduction: input spatial size / feature spatial size (``32`` for a ResNet's ``layer4``),
-            an int when it divides exactly; for tokens, the patch size; ``None`` without spatial dims.
-        layout: ``"NCHW"``-style (``"NC*"``), ``"NHWC"``-style (``"N*C"``), ``"NLC"`` (tokens),
-            ``"NC"`` (vector) or ``None``.
+            dim for channels-last maps (``NHWC``, Swin) and tokens (``NLC``: the hidden size, for
+            images and token ids alike), the only dim of a vector; ``None`` when unclear.
+        reduction: the nominal stride, as timm's ``feature_info`` gives it: timm's own value for
+            a module of a timm model's ``feature_info``; otherwise the power of two (or the exact
+            integer, a ViT's patch 14) that the measured sizes round to (``32`` for inception_v3's
+            last stage at 299 px, where 299 / 8 = 37.4); for tokens, the patch size; ``None``
+            without spatial dims (token ids, vectors).
+        layout: ``"NCHW"`` (channels first; ``"NCL"`` / ``"NCDHW"`` for 1 or 3 spatial dims),
+            ``"NHWC"`` (channels last; ``"NLC"`` / ``"NDHWC"``), ``"NLC"`` (tokens), ``"NC"``
+            (a vector) or ``None``.
         dtype: the tensor's dtype (``None`` for structures).
         shapes: the value with every tensor replaced by its shape without batch (structures,
             ``repeats="all"`` lists); equal to ``shape`` for a tensor.
+        measured_reduction: input spatial size / feature spatial size as measured (first spatial
+            dim; for tokens, the patch size of the grid they fit).
+        grid: the spatial size of the map (for tokens, of their patch grid), if known.
+        prefix_tokens: for tokens on a patch grid, the tokens before it (class, distillation,
+            register tokens); else 0.
     """
 
     key: str
@@ -60,6 +69,9 @@ class FeatureMeta:
     layout: str | None
     dtype: torch.dtype | None
     shapes: Any
+    measured_reduction: float | None = None
+    grid: tuple[int, ...] | None = None
+    prefix_tokens: int = 0
 
 
 class FeatureInfo(Mapping[str, FeatureMeta]):
@@ -155,14 +167,51 @@ def measure(
         output_key=output_key,
         repeats=repeats,
     )
-    metas = [_meta(k, run.paths.get(k), v, run.spatial) for k, v in run.values.items()]
+    strides = _timm_strides(backbone)
+    metas = [_meta(k, run.paths.get(k), v, run.spatial, strides) for k, v in run.values.items()]
     return FeatureInfo(metas, run.input_size, output_key, run.real)
 
 
-def _meta(key: str, path: str | None, value: Any, spatial: tuple[int, ...]) -> FeatureMeta:
+def _meta(
+    key: str, path: str | None, value: Any, spatial: tuple[int, ...], strides: dict[str, int]
+) -> FeatureMeta:
     shapes = _layout.shapes_without_batch(value)
-    if isinstance(value, torch.Tensor):
-        shape = tuple(value.shape[1:])
-        layout, channels, reduction = _layout.describe(shape, spatial)
-        return FeatureMeta(key, path, shape, channels, reduction, layout, value.dtype, shapes)
-    return FeatureMeta(key, path, None, None, None, None, None, shapes)
+    if not isinstance(value, torch.Tensor):
+        return FeatureMeta(key, path, None, None, None, None, None, shapes)
+    shape = tuple(value.shape[1:])
+    r = _layout.read(shape, spatial)
+    reduction = r.reduction
+    if reduction is not None and path in strides:
+        reduction = strides[path]
+    return FeatureMeta(
+        key,
+        path,
+        shape,
+        r.channels,
+        reduction,
+        r.layout,
+        value.dtype,
+        shapes,
+        r.measured,
+        r.grid,
+        r.prefix,
+    )
+
+
+def _timm_strides(model: nn.Module) -> dict[str, int]:
+    """``{module path: reduction}`` from a timm model's own ``feature_info`` (empty otherwise)."""
+    info: Any = getattr(model, "feature_info", None)
+    if info is None or not type(model).__module__.startswith("timm."):
+        return {}
+    dicts = info.get_dicts() if hasattr(info, "get_dicts") else info
+    if not isinstance(dicts, list):
+        return {}
+    strides = {}
+    for d in dicts:
+        if not isinstance(d, dict) or d.get("hook_type") == "forward_pre":
+            continue
+        module, reduction = d.get("module"), d.get("reduction")
+        if isinstance(module, str) and isinstance(reduction, (int, float)):
+            # a timm FeatureListNet (features_only) names its modules with "_" for "."
+            strides[module] = strides[module.replace(".", "_")] = int(reduction)
+    return strides

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from featwrap._capture import Recorder, StopForward
+from featwrap._finality import plan
 from featwrap._options import OUTPUT_KEY, Missing, Repeats
 from featwrap.errors import (
     BackboneError,
@@ -47,11 +48,22 @@ class FeatureModel(nn.Module):
             ``featwrap.stages(model)`` gives the multi-scale stages of timm and torchvision
             models.
         output_key: the key of the backbone's own return value, which comes first. ``None`` leaves
-            it out, and the forward then stops as soon as every requested layer has produced its
-            value: later modules do not run. A requested layer is final once its parent module
-            returns (a block may call its ``relu`` twice); a child of the root is final at once,
-            so a root-level module that the forward calls a second time after every requested
-            layer fired is not waited for (use ``output_key="..."`` to run the whole forward).
+            it out, and the forward then stops as soon as every requested layer's value is final:
+            later modules do not run. A value is final when the call of its *anchor* is over:
+            the nearest module, the layer itself or an ancestor, that runs once per forward. A
+            module runs once when it is registered under one path and each step from the root
+            to it is a child of a plain ``nn.Sequential``, an element of an ``nn.ModuleList`` /
+            ``nn.ModuleDict`` (gone through once by the module holding it), or a child that
+            holds parameters or buffers (not inside a block of such a stack: a module there is
+            final with its block). The call is over when the anchor returns;
+            for an element of a stack, when the next element is called (the last element: when
+            the module holding the stack returns). So block ``k`` of a stack stops the forward
+            before block ``k + 1`` runs, a block's ``relu`` (called twice) waits for its block,
+            and a module without weights at the root (a reused activation) or one registered
+            twice waits for the forward's end. ``repeats="first"`` makes every layer final at
+            its first call. A layer called again after it was taken as final (a block the
+            forward calls outside its stack) raises :class:`~featwrap.RepeatedCallError`,
+            never returns the earlier value.
         detach: return features detached from the autograd graph.
         repeats: for a layer that runs several times in one forward: ``"last"`` (default),
             ``"first"``, ``"all"`` (a list of every call, in order) or ``"error"``.
@@ -100,17 +112,16 @@ class FeatureModel(nn.Module):
         self.output_key = output_key
         self._paths = OrderedDict((r.key, r.path) for r in resolved)
         stop_early = output_key is None
-        # A layer may run again inside its parent (BasicBlock calls its relu twice): when stopping
-        # early, a layer is final once its parent returns (children of the root: at once).
-        wait = stop_early and repeats_ is not Repeats.FIRST
-        parents = [_parent(backbone, r.path) if wait else None for r in resolved]
+        # When stopping early: when each layer's value is final (see featwrap._finality).
+        first = repeats_ is Repeats.FIRST or not stop_early
+        finals = plan(backbone, [r.path for r in resolved], first)
         self._recorder = Recorder(
             keys=[r.key for r in resolved],
             repeats=repeats_,
             detach=detach,
             missing=missing_,
             stop_early=stop_early,
-            wait_for_parent=[p is not None for p in parents],
+            wait_for_parent=[not f.at_once for f in finals],
             selectors=[r.select for r in resolved],
         )
         self._captures = tuple(
@@ -126,7 +137,8 @@ class FeatureModel(nn.Module):
         self._register(
             [r.module if r.input else None for r in resolved], rec.on_input, handles, pre=True
         )
-        self._register(parents, rec.on_parent_output, handles)
+        self._register([f.after for f in finals], rec.on_parent_output, handles)
+        self._register([f.before for f in finals], rec.on_next_called, handles, pre=True)
         self.register_state_dict_post_hook(_strip_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_pre_hook(_add_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_post_hook(_report_backbone_keys)  # type: ignore[no-untyped-call]
@@ -317,12 +329,6 @@ def feature_info(
     raise FeatwrapTypeError(
         f"feature_info expects a FeatureModel or a torch.nn.Module, got {type(model).__name__}"
     )
-
-
-def _parent(backbone: nn.Module, path: str) -> nn.Module | None:
-    """The module holding ``path``; None for children of the root (they are the root's business)."""
-    parent, _, _ = path.rpartition(".")
-    return backbone.get_submodule(parent) if parent else None
 
 
 def _remove_handles(handles: list[RemovableHandle]) -> None:

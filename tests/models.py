@@ -224,3 +224,119 @@ class Failing(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.a(x)
         raise self.error
+
+
+# -- block stacks, for early stop (tests/test_early_stop_stacks.py) ------------------------------
+class Block(nn.Module):
+    """A residual block that calls its one activation module twice."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.fc2(self.act(self.fc1(x))))
+
+
+class Stack(nn.Module):
+    """GPT-2's layout: blocks in an nn.ModuleList gone through by the root's loop (``kind="list"``)
+    or timm ViT's, an nn.Sequential (``"sequential"``). ``twice``: each block is called twice in a
+    row; ``again``: after the loop, block 0 is called once more without being registered there;
+    ``blocks`` replaces the default blocks (so one block can sit in the list twice)."""
+
+    def __init__(
+        self,
+        depth: int = 4,
+        kind: str = "list",
+        twice: bool = False,
+        again: bool = False,
+        blocks: list[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        blocks = blocks or [Block() for _ in range(depth)]
+        self.blocks = nn.ModuleList(blocks) if kind == "list" else nn.Sequential(*blocks)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 2)
+        self.twice = twice
+        self.again = again
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        if isinstance(self.blocks, nn.Sequential):
+            x = self.blocks(x)
+        else:
+            for block in self.blocks:
+                x = block(block(x)) if self.twice else block(x)
+        if self.again:
+            x = self.blocks[0](x)
+        return self.head(self.norm(x))
+
+
+class Encoder(nn.Module):
+    """HF's layout: ``encoder.layer`` is an nn.ModuleList inside a module of its own."""
+
+    def __init__(self, depth: int = 3) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(Block() for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x)
+        return x
+
+
+class EncoderModel(nn.Module):
+    def __init__(self, depth: int = 3) -> None:
+        super().__init__()
+        self.embeddings = nn.Linear(4, 8)
+        self.encoder = Encoder(depth)
+        self.pooler = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pooler(self.encoder(self.embeddings(x)))
+
+
+class SequentialCalledOutside(nn.Module):
+    """A child of an nn.Sequential also registered on the root, which calls it again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+        self.tail = self.body[1]
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail(self.body(x)))
+
+
+class Wrapped(nn.Module):
+    """An HF task model's layout: ``model.encoder.layer`` inside a wrapper (BertForX.bert)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = EncoderModel(depth=3)
+        self.classifier = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.model(x))
+
+
+class SharedLayers(nn.Module):
+    """ALBERT's layout: a stack of ``groups`` blocks, each called ``repeat`` times in a row
+    (``groups=1``: one shared block for the whole depth)."""
+
+    def __init__(self, groups: int = 1, repeat: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.groups = nn.ModuleList(Block() for _ in range(groups))
+        self.repeat = repeat
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for i in range(len(self.groups) * self.repeat):
+            x = self.groups[i // self.repeat](x)
+        return self.head(x)

@@ -155,6 +155,8 @@ REPRESENTATIVE = [
     "hooks-mlp-16",  # empty hooks, FX on a Sequential
     "timm-vit-64px",  # timm forward_intermediates (NCHW view of the tokens)
     "timm-resnet50-stages-64px",  # timm features_only, IntermediateLayerGetter on timm
+    "stack-vit-small-224px",  # early stop in an nn.Sequential, timm's stop_early
+    "stack-gpt2-64tok",  # early stop in an nn.ModuleList, the hand-stopped loop
 ]
 
 

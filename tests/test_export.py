@@ -103,9 +103,12 @@ def test_export_repeats_all_and_early_stop() -> None:
     program = torch.export.export(fm, (x,))
     out = program.module()(x)
     assert list(out) == ["r", "f"]
-    # relu runs twice, but a child of the root is final at once, and once every value is there
-    # the eager forward stops: the exported program returns the same single call
-    assert len(out["r"]) == len(fm(x)["r"]) == 1
+    # relu runs twice: a module without weights at the root may run again at any point, so its
+    # value is final only when the forward returns; the exported program has both calls too
+    assert len(out["r"]) == len(fm(x)["r"]) == 2
     _check(fm, program, x)
+    # with repeats="first" the eager forward stops at relu's first call: the program agrees
+    first = FeatureModel(model, {"relu": "r", "fc:input": "f"}, repeats="first", output_key=None)
+    _check(first, torch.export.export(first, (x,)), x)
     everything = FeatureModel(model, {"relu": "r"}, repeats="all")
     assert len(torch.export.export(everything, (x,)).module()(x)["r"]) == 2

@@ -168,7 +168,7 @@ def test_channels_last_and_tokens() -> None:
     info = FeatureModel(swin, ["features.1", "features.7", "norm"]).feature_info(64)
     real = real_shapes(swin, ["features.1", "features.7"], torch.randn(1, 3, 64, 64))
     assert info["features.1"].shape == real["features.1"] == (16, 16, 96)
-    assert info["features.1"].layout == "N**C"
+    assert info["features.1"].layout == "NHWC"
     assert info.channels(["features.1", "features.7"]) == [96, 768]
     assert info.reduction(["features.1", "features.7"]) == [4, 32]
     vit = tvm.vit_b_32(image_size=64)
@@ -177,7 +177,7 @@ def test_channels_last_and_tokens() -> None:
     tokens = info["encoder.layers.encoder_layer_0"]
     assert tokens.shape == (1 + (64 // 32) ** 2, 768)
     assert (tokens.layout, tokens.channels, tokens.reduction) == ("NLC", 768, 32)
-    assert info["conv_proj"].layout == "NC**"
+    assert info["conv_proj"].layout == "NCHW"
 
 
 def test_timm_default_input_size() -> None:
