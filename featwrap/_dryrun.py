@@ -79,6 +79,8 @@ def dry_run(
     inputs: Any = None,
     output_key: str | None = "logits",
     repeats: str = "last",
+    output_fmt: str | None = None,
+    prefix_tokens: bool = False,
 ) -> DryRun:
     """Run ``FeatureModel(backbone, layers)`` once on fake tensors (a real forward if it must)."""
     from featwrap.model import FeatureModel
@@ -90,7 +92,14 @@ def dry_run(
     )
     _check_no_lazy(backbone)
     probe = FeatureModel(
-        backbone, layers, output_key=output_key, detach=True, repeats=repeats, missing="none"
+        backbone,
+        layers,
+        output_key=output_key,
+        detach=True,
+        repeats=repeats,
+        missing="none",
+        output_fmt=output_fmt,
+        prefix_tokens=prefix_tokens,
     )
     try:
         try:
