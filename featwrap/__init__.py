@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta
     from featwrap.layer_summary import LayerRow, LayerSummary, summary
     from featwrap.layers import Capture, LayerSpec, list_layers
+    from featwrap.maps import Tokens
     from featwrap.model import FeatureModel, feature_info
     from featwrap.multiscale import stages
 
@@ -79,6 +80,7 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("Capture", "LayerSpec", "list_layers"), "featwrap.layers"),
     **dict.fromkeys(("FeatureModel", "feature_info"), "featwrap.model"),
     "stages": "featwrap.multiscale",
+    "Tokens": "featwrap.maps",
 }
 
 __all__ = [
@@ -108,6 +110,7 @@ __all__ = [
     "RepeatedCallError",
     "Repeats",
     "ResumeMismatchError",
+    "Tokens",
     "UnknownModelError",
     "WeightsUnavailableError",
     "__version__",

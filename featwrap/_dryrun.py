@@ -84,6 +84,8 @@ def dry_run(
     inputs: Any = None,
     output_key: str | None = OUTPUT_KEY,
     repeats: str = "last",
+    output_fmt: str | None = None,
+    prefix_tokens: bool = False,
 ) -> DryRun:
     """Run ``feature_model(backbone, layers)`` once on fake tensors (a real forward if it must).
 
@@ -97,7 +99,14 @@ def dry_run(
     )
     _check_no_lazy(backbone)
     probe = feature_model(
-        backbone, layers, output_key=output_key, detach=True, repeats=repeats, missing="none"
+        backbone,
+        layers,
+        output_key=output_key,
+        detach=True,
+        repeats=repeats,
+        missing="none",
+        output_fmt=output_fmt,
+        prefix_tokens=prefix_tokens,
     )
     try:
         try:
@@ -160,6 +169,9 @@ def _fake_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> An
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     saved = _python_state(probe.backbone)  # type: ignore[arg-type]
+    # functional_call swaps parameters and buffers back afterwards, but not all of them for a
+    # module registered at two paths (timm CoaT's crpe): put every one back ourselves.
+    tensors = [(m, dict(m._parameters), dict(m._buffers)) for m in probe.modules()]
     try:
         with mode, torch.no_grad():
             state: dict[str, torch.Tensor] = {
@@ -170,6 +182,9 @@ def _fake_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> An
             args, kwargs = _tree.map_tensors(mode.from_tensor, (args, kwargs))
             return functional_call(probe, state, args, kwargs)
     finally:
+        for module, parameters, buffers in tensors:
+            module._parameters.update(parameters)
+            module._buffers.update(buffers)
         _restore_python_state(saved)
 
 

@@ -152,6 +152,8 @@ def measure(
     repeats: str,
     input_size: InputSize | None = None,
     inputs: Any = None,
+    output_fmt: Any = None,
+    prefix_tokens: bool = False,
 ) -> FeatureInfo:
     """The :class:`FeatureInfo` of ``feature_model(backbone, layers, ...)``, from one dry run.
 
@@ -166,6 +168,8 @@ def measure(
         inputs=inputs,
         output_key=output_key,
         repeats=repeats,
+        output_fmt=output_fmt,
+        prefix_tokens=prefix_tokens,
     )
     strides = _timm_strides(backbone)
     metas = [_meta(k, run.paths.get(k), v, run.spatial, strides) for k, v in run.values.items()]

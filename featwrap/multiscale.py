@@ -2,8 +2,9 @@
 
 ``FeatureModel(model, stages(model))`` is a drop-in backbone for an FPN or a U-Net decoder:
 
-* timm models: the modules of their own ``feature_info`` (what ``features_only=True`` and
-  ``forward_intermediates`` return), so the features match timm's.
+* timm models: the modules of their own ``feature_info``, each returning the NCHW map that
+  ``forward_intermediates(output_fmt="NCHW")`` returns: tokens, channels-last maps and tuples are
+  converted (see ``featwrap/_timm_stages.py``).
 * torchvision families: a small table names where the stages live (``layer1``..``layer4`` of a
   ResNet, the children of ``features`` of a MobileNet, EfficientNet, ConvNeXt, Swin, DenseNet,
   VGG...), and a rule picks the last of those modules at each stride, measured by a dry run on
@@ -21,7 +22,9 @@ from torch import nn
 
 from featwrap import _layout
 from featwrap._dryrun import check_input_size, default_input_size, dry_run
+from featwrap._timm_stages import timm_stages
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+from featwrap.layers import Capture
 from featwrap.model import FeatureModel
 
 __all__ = ["stages"]
@@ -55,7 +58,7 @@ def stages(
     out_indices: int | Sequence[int] | None = None,
     *,
     input_size: Sequence[int] | int | None = None,
-) -> list[str]:
+) -> list[str | Capture]:
     """The module paths of ``model``'s natural multi-scale stages, shallow to deep.
 
     Args:
@@ -66,12 +69,15 @@ def stages(
             model's own (see :func:`featwrap.feature_info`).
 
     Returns:
-        Layer specs for :class:`~featwrap.FeatureModel`: module paths, with ``":input"`` where
-        timm hooks a module's input.
+        Layer specs for :class:`~featwrap.FeatureModel`: module paths (with ``":input"`` where
+        timm hooks a module's input), and for timm stages that do not return an NCHW map
+        (tokens, channels-last maps, tuples) a :class:`~featwrap.Capture` with the ``select``,
+        ``layout`` and ``output_fmt="NCHW"`` that make it one. Keys are the module paths.
 
     Raises:
-        FeatwrapValueError: for a model with no preset (the message lists what to pass instead)
-            or an out-of-range index.
+        FeatwrapValueError: for a model with no preset (the message lists what to pass instead),
+            a timm family no module of which returns timm's feature (the message names the
+            family and timm's own extractor) or an out-of-range index.
 
     >>> from torchvision.models import resnet18
     >>> stages(resnet18())
@@ -85,36 +91,12 @@ def stages(
         raise FeatwrapTypeError(
             f"stages expects a torch.nn.Module, got {type(model).__name__}: {model!r:.80}"
         )
-    found = _from_timm(model)
+    found: Sequence[str | Capture] | None = timm_stages(model)
     if found is None:
         found = _from_torchvision(model, input_size)
     if found is None:
         raise FeatwrapValueError(_no_preset(model, input_size))
     return _select(found, out_indices, model)
-
-
-def _from_timm(model: nn.Module) -> list[str] | None:
-    info: Any = getattr(model, "feature_info", None)
-    if info is None or not type(model).__module__.startswith("timm."):
-        return None
-    dicts = info.get_dicts() if hasattr(info, "get_dicts") else info
-    if not isinstance(dicts, list) or not all(isinstance(d, dict) and "module" in d for d in dicts):
-        return None
-    paths = {name for name, _ in model.named_modules()}
-    out: list[str] = []
-    for d in dicts:
-        path = d["module"]
-        if path not in paths and path.replace(".", "_") in paths:  # a timm FeatureListNet
-            path = path.replace(".", "_")
-        if path not in paths:
-            raise FeatwrapValueError(
-                f"timm's feature_info of {type(model).__name__} names {d['module']!r}, which is "
-                "not a submodule (timm builds these features in a separate wrapper). Use "
-                "timm.create_model(name, features_only=True), or pass layer paths yourself "
-                "(featwrap.list_layers(model))."
-            )
-        out.append(path + ":input" if d.get("hook_type") == "forward_pre" else path)
-    return out
 
 
 def _from_torchvision(model: nn.Module, input_size: Any) -> list[str] | None:
@@ -167,10 +149,10 @@ def last_at_each_stride(
 
 
 def _select(
-    found: list[str], out_indices: int | Sequence[int] | None, model: nn.Module
-) -> list[str]:
+    found: Sequence[str | Capture], out_indices: int | Sequence[int] | None, model: nn.Module
+) -> list[str | Capture]:
     if out_indices is None:
-        return found
+        return list(found)
     n = len(found)
     if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         if not 1 <= out_indices <= n:
@@ -178,7 +160,7 @@ def _select(
                 f"out_indices={out_indices} (the last {out_indices}) but {type(model).__name__} "
                 f"has {n} stages: {found}."
             )
-        return found[n - out_indices :]
+        return list(found[n - out_indices :])
     if not isinstance(out_indices, Sequence) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in out_indices
     ):

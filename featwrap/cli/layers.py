@@ -84,11 +84,13 @@ def run(args: argparse.Namespace) -> int:
     if args.paths_only:
         return _paths_only(model, args)
     from featwrap.layer_summary import summary
+    from featwrap.layers import Capture
     from featwrap.multiscale import stages
 
     layers = None
     if args.stages:
-        layers = [s.removesuffix(":input") for s in stages(model, input_size=args.input_size)]
+        found = stages(model, input_size=args.input_size)
+        layers = [s.path if isinstance(s, Capture) else s.removesuffix(":input") for s in found]
     try:
         table = summary(
             model, args.input_size, pattern=args.pattern, depth=args.depth, layers=layers
