@@ -32,6 +32,7 @@ CORE = [
     "featwrap._tree",
     "featwrap._modes",
     "featwrap._layout",
+    "featwrap.maps",
     "featwrap._capture",
     "featwrap.layers",
     "featwrap._dryrun",
