@@ -4,8 +4,11 @@
 """
 
 from featwrap._version import __version__
+from featwrap.edit import Edit, EditValue
 from featwrap.errors import (
     BackboneError,
+    CheckpointWarning,
+    EditError,
     FeatwrapError,
     HooksRemovedError,
     LayerNotFoundError,
@@ -23,8 +26,12 @@ from featwrap.multiscale import stages
 __all__ = [
     "BackboneError",
     "Capture",
+    "CheckpointWarning",
     "DataError",
     "DryRunWarning",
+    "Edit",
+    "EditError",
+    "EditValue",
     "FeatureInfo",
     "FeatureMeta",
     "FeatureModel",
