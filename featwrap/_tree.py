@@ -172,9 +172,10 @@ def replace_output(value: Any, selector: Any, new: Any, key: str) -> Any:
         return items if type(value) is list else _rebuild(value, items)
     if isinstance(value, tuple):
         items = list(value)
-        items[selector] = new
-        if hasattr(value, "_fields"):  # namedtuple
+        if hasattr(value, "_fields"):  # namedtuple: an index or a field name
+            items[selector if isinstance(selector, int) else value._fields.index(selector)] = new
             return type(value)(*items)
+        items[selector] = new
         return tuple(items) if type(value) is tuple else _rebuild(value, items)
     if isinstance(value, Mapping):
         mapped = dict(value)

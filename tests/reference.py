@@ -174,3 +174,38 @@ def reference_grads(
     ran = [k for k in keys if k in values]  # a module the forward never called has no value
     grads = torch.autograd.grad(target(out), [values[k] for k in ran], allow_unused=True)
     return values, dict(zip(ran, grads, strict=True)), counter.writes
+
+
+@contextmanager
+def editing(
+    model: nn.Module, edits: dict[str, Any], call: int | None = None
+) -> Iterator[dict[str, list[Any]]]:
+    """Hand-written hooks that replace a path's output by ``fn(output)`` (``"path:input"``: its
+    first positional argument, with a pre-hook), on every call or on call number ``call`` only;
+    records a deep clone of each edited value, per call."""
+    calls: dict[str, list[Any]] = {k: [] for k in edits}
+    counts = dict.fromkeys(edits, 0)
+    handles = []
+    for key, fn in edits.items():
+        path, _, part = key.partition(":")
+        module = model.get_submodule(path)
+
+        def change(value: Any, key: str = key, fn: Any = fn) -> Any:
+            count = counts[key]
+            counts[key] += 1
+            if call is None or call == count:
+                value = fn(value)
+            calls[key].append(deep_clone(value))
+            return value
+
+        if part == "input":
+            handles.append(
+                module.register_forward_pre_hook(lambda m, a, c=change: (c(a[0]), *a[1:]))
+            )
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, c=change: c(o)))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
