@@ -176,7 +176,7 @@ class Recorder:
                     session.no_graph(i)
                 else:
                     session.own[i] = output
-            if session.grad and output.requires_grad:  # the model goes on with a twin
+            if session.grad and output.requires_grad and not self.detach:  # go on with a twin
                 return session.hand(indices, output)
             return None
         if session.edits is not None:
@@ -244,6 +244,7 @@ class Session:
         "handed_versions",
         "inference",
         "own",
+        "owned",
         "recorder",
         "remaining",
         "traced",
@@ -279,6 +280,8 @@ class Session:
         self.handed_versions = [0] * n
         # repeats="all": (key index, tensor, version) of bare tensors, for last_modified only
         self.watched: list[tuple[int, Tensor, int]] = []
+        # repeats="all" with grad: (key index, call, own tensor, version) of bare tensors
+        self.owned: list[tuple[int, int, Tensor, int]] = []
         self.counts = [0] * n
         self.done = [False] * n
         self.remaining = n
@@ -356,10 +359,20 @@ class Session:
                     self.watched += [
                         (i, t, t._version) for t in _tree.tensors(output) if not t.is_inference()
                     ]
+                    if (
+                        self.grad
+                        and type(output) is Tensor
+                        and output.requires_grad
+                        and not rec.detach
+                    ):
+                        # as for one call: the model goes on with a twin, own is returned
+                        self.owned.append((i, len(self.values[i]), output, output._version))
+                        twin = self.hand((i,), output) if twin is None else self._share(i, twin)
+                        self.watched.append((i, twin, twin._version))
             else:
                 self.keep(i, output)
                 value = _UNSET
-                if self.grad and output.requires_grad:
+                if self.grad and output.requires_grad and not rec.detach:
                     twin = self.hand((i,), output) if twin is None else self._share(i, twin)
             if self.all_calls:
                 self.values[i].append(value)
@@ -409,6 +422,9 @@ class Session:
                 i for i, tensor, version in self.watched if tensor._version != version
             )
             self.watched = []
+            for i, call, tensor, version in self.owned:
+                if tensor._version == version:
+                    self.values[i][call] = tensor
             return [list(v) for v in self.values]
         values = self.values
         versions = self.versions

@@ -163,3 +163,35 @@ def test_no_grad_inside_the_model_does_not_warn() -> None:
         warnings.simplefilter("error")
         out = FeatureModel(Frozen(), ["enc"])(torch.randn(2, 4))
     assert not out["enc"].requires_grad
+
+
+class ReusedInplace(nn.Module):
+    """One module called twice; each call's output is modified in place afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        h += 1
+        h = self.fc(h)
+        h.mul_(2)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("repeats", ["all", "first", "last"])
+def test_every_call_of_a_repeated_layer(repeats: str) -> None:
+    model = ReusedInplace()
+    x = torch.randn(2, 6)
+    h0 = model.fc(x)  # the same forward, written out without in-place ops
+    h1 = model.fc(h0 + 1)
+    expected = torch.autograd.grad(target(model.head(h1 * 2)), [h0, h1])
+    out = FeatureModel(model, ["fc"], repeats=repeats)(x)
+    got = out["fc"] if repeats == "all" else [out["fc"]]
+    wanted = {"all": [0, 1], "first": [0], "last": [1]}[repeats]
+    grads = torch.autograd.grad(target(out["logits"]), got)
+    for value, grad, call in zip(got, grads, wanted, strict=True):
+        assert torch.equal(value, (h0, h1)[call])
+        torch.testing.assert_close(grad, expected[call])
