@@ -15,8 +15,11 @@ from featwrap._version import __version__
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from featwrap._options import Missing, OnError, Pooling, Repeats
+    from featwrap.edit import Edit, EditValue
     from featwrap.errors import (
         BackboneError,
+        CheckpointWarning,
+        EditError,
         FeatwrapError,
         FeatwrapTypeError,
         FeatwrapValueError,
@@ -49,6 +52,8 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(
         (
             "BackboneError",
+            "CheckpointWarning",
+            "EditError",
             "FeatwrapError",
             "FeatwrapTypeError",
             "FeatwrapValueError",
@@ -81,13 +86,18 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("FeatureModel", "feature_info"), "featwrap.model"),
     "stages": "featwrap.multiscale",
     "Tokens": "featwrap.maps",
+    **dict.fromkeys(("Edit", "EditValue"), "featwrap.edit"),
 }
 
 __all__ = [
     "BackboneError",
     "Capture",
+    "CheckpointWarning",
     "DataError",
     "DryRunWarning",
+    "Edit",
+    "EditError",
+    "EditValue",
     "FeatureInfo",
     "FeatureMeta",
     "FeatureModel",

@@ -18,11 +18,21 @@ Design, in short:
   whatever the control flow, on every call, with a copy exactly where an in-place op followed.
   Tensors without copy-on-write support (sparse, nested) get a real copy; under
   ``torch.compile`` a ``clone`` that the compiler plans.
+* Gradients at every captured tensor: with grad enabled, the hook also hands the rest of the model
+  a copy-on-write twin of the output (a forward hook may return a replacement). Later in-place ops
+  write to the twin, so the module's own tensor stays untouched *and* on the path to the output:
+  ``torch.autograd.grad(out["logits"], out["bn1"])`` is the gradient a model without in-place ops
+  gives. The twin copies memory only where an in-place op writes to it. Under a reentrant
+  ``torch.utils.checkpoint`` a value has no graph: featwrap warns once per layer.
+* Edits (``FeatureModel.edit``, in :mod:`featwrap.edit`) sit in the thread-local beside the
+  session; a session with edits takes the general path, which applies them before recording.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +40,7 @@ import torch
 
 from featwrap import _tree
 from featwrap._options import Missing, Repeats
-from featwrap.errors import MissingFeatureError, RepeatedCallError
+from featwrap.errors import CheckpointWarning, MissingFeatureError, RepeatedCallError
 
 Tensor = torch.Tensor
 _lazy_clone = torch._lazy_clone
@@ -53,6 +63,8 @@ _UNSET: Any = object()
 
 class _Local(threading.local):
     session: Session | None = None
+    # featwrap.edit.EditState of the `with fm.edit(...)` blocks open in this thread, if any
+    edits: Any = None
 
 
 class Recorder:
@@ -81,6 +93,10 @@ class Recorder:
         self.wait_for_parent = tuple(wait_for_parent)
         # keys whose output a later in-place op modified in the last forward (for summaries)
         self.last_modified: frozenset[int] = frozenset()
+        # keys already warned about (no graph under a reentrant checkpoint): warn once per key
+        self.warned: set[str] = set()
+        # `with fm.edit(...)` blocks open in any thread: a guard for compiled forwards
+        self.open_edits = 0
         self.traced: Session | None = None
         self._local = _Local()
 
@@ -89,6 +105,7 @@ class Recorder:
         state = self.__dict__.copy()
         del state["_local"]
         state["traced"] = None
+        state["open_edits"] = 0  # edits are not copied
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -121,7 +138,7 @@ class Recorder:
             session = self._local.session
         return session
 
-    def on_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> None:
+    def on_output(self, indices: tuple[int, ...], module: Any, args: Any, output: Any) -> Any:
         """Forward hook: record ``output`` under every key in ``indices``."""
         session = self.traced  # _running(), inlined: this hook runs for almost every capture
         if session is None or not torch.compiler.is_compiling():
@@ -138,30 +155,53 @@ class Recorder:
                 except (NotImplementedError, RuntimeError):  # no copy-on-write, or no versions
                     session.keep(i, output)
                     continue
-                session.own[i] = None if session.grad and not _grad_enabled() else output
-            return
-        session.record(indices, output)
+                if session.grad and not _grad_enabled():
+                    session.no_graph(i)
+                else:
+                    session.own[i] = output
+            if session.grad and output.requires_grad and not self.detach:  # go on with a twin
+                return session.hand(indices, output)
+            return None
+        if session.edits is not None:
+            return session.edits.on_output(session, indices, output)
+        return session.record(indices, output)
 
     def on_selected_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
-    ) -> None:
+    ) -> Any:
         """Forward hook for layers captured with a selector: record the selected part."""
         session = self._running()
         if session is None:
-            return
+            return None
+        if session.edits is not None:
+            return session.edits.on_selected_output(session, indices, output)
+        new_output = output
         for i in indices:
-            session.record((i,), _tree.select_output(output, self.selectors[i], self.keys[i]))
+            select, key = self.selectors[i], self.keys[i]
+            twin = session.record((i,), _tree.select_output(new_output, select, key))
+            if twin is not None and not callable(select):  # grad: the model goes on with a twin
+                new_output = _tree.replace_output(new_output, select, twin, key)
+        return None if new_output is output else new_output
 
     def on_input(
         self, indices: tuple[int, ...], module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
+    ) -> Any:
         """Forward pre-hook (with kwargs) for inputs: record the argument before the module runs,
-        so that an in-place op of the module itself is caught by the version check."""
+        so that an in-place op of the module itself is caught by the version check. With grad, the
+        module runs on a twin of the argument (see :meth:`Session.hand`)."""
         session = self._running()
         if session is None:
-            return
+            return None
+        if session.edits is not None:
+            return session.edits.on_input(session, indices, args, kwargs)
+        replaced = None
         for i in indices:
-            session.record((i,), _tree.select_input(args, kwargs, self.selectors[i], self.keys[i]))
+            select = self.selectors[i]
+            twin = session.record((i,), _tree.select_input(args, kwargs, select, self.keys[i]))
+            if twin is not None and not callable(select):
+                replaced = _tree.replace_input(args, kwargs, select, twin)
+                args, kwargs = replaced
+        return replaced
 
     def on_parent_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
@@ -189,10 +229,14 @@ class Session:
         "all_calls",
         "counts",
         "done",
+        "edits",
         "fast",
         "grad",
+        "handed",
+        "handed_versions",
         "inference",
         "own",
+        "owned",
         "recorder",
         "remaining",
         "traced",
@@ -210,8 +254,10 @@ class Session:
         # inference tensors count no versions: their snapshot is returned (no exception raised)
         # (dynamo cannot trace the query; a traced session clones anyway)
         self.inference = not traced and torch.is_inference_mode_enabled()
+        # the featwrap.edit.EditState of this thread's `with fm.edit(...)` blocks, if any
+        self.edits = None if traced else recorder._local.edits
         # whether the hook's inlined fast path applies
-        self.fast = not (traced or recorder.stop_early or self.inference) and (
+        self.fast = not (traced or recorder.stop_early or self.inference or self.edits) and (
             recorder.repeats is Repeats.LAST
         )
         # values[i]: the snapshot (or, for structures and repeats="all", the snapshotted value)
@@ -220,8 +266,14 @@ class Session:
         # it (its version counter is then unchanged); None where that does not apply
         self.own: list[Tensor | None] = [None] * n
         self.versions = [0] * n
+        # handed[i]: the twin the rest of the model got instead of own[i] (grad enabled, or an
+        # edited value), with its version: returned if own[i] was written through an alias
+        self.handed: list[Tensor | None] = [None] * n
+        self.handed_versions = [0] * n
         # repeats="all": (key index, tensor, version) of bare tensors, for last_modified only
         self.watched: list[tuple[int, Tensor, int]] = []
+        # repeats="all" with grad: (key index, call, own tensor, version) of bare tensors
+        self.owned: list[tuple[int, int, Tensor, int]] = []
         self.counts = [0] * n
         self.done = [False] * n
         self.remaining = n
@@ -245,13 +297,47 @@ class Session:
             return
         # With grad off inside a forward with grad on (a reentrant checkpoint), the tensor is
         # given a graph after the hook ran; the snapshot, made now, has none: keep to that.
-        self.own[i] = None if self.grad and not _grad_enabled() else output
+        if self.grad and not _grad_enabled():
+            self.no_graph(i)
+        else:
+            self.own[i] = output
 
-    def record(self, indices: tuple[int, ...], output: Any) -> None:
-        if not self.remaining:  # traced with early stop: an eager forward has stopped by now
+    def hand(self, indices: tuple[int, ...], output: Tensor) -> Tensor:
+        """The twin the rest of the model continues with: later in-place ops write to it, and the
+        module's own tensor, returned by the forward, stays on the path to the output."""
+        twin = _lazy_clone(output)
+        version = twin._version
+        for i in indices:
+            self.handed[i] = twin
+            self.handed_versions[i] = version
+        return twin
+
+    def no_graph(self, i: int) -> None:
+        """A value captured with grad off inside a forward with grad on: its snapshot has no
+        graph. Under a reentrant checkpoint, say so once per key (a loss on it would be lost)."""
+        self.own[i] = None
+        key = self.recorder.keys[i]
+        if key in self.recorder.warned or not _in_reentrant_checkpoint():
             return
+        self.recorder.warned.add(key)
+        warnings.warn(
+            f"featwrap: layer {key!r} ran inside torch.utils.checkpoint(..., use_reentrant=True), "
+            "which runs it without autograd: its value is exact but has no graph, so a loss or "
+            "torch.autograd.grad on it gets no gradient. Pass use_reentrant=False to the "
+            "checkpoint (exact values and gradients), or capture a layer outside the "
+            "checkpointed block.",
+            CheckpointWarning,
+            stacklevel=2,
+        )
+
+    def record(self, indices: tuple[int, ...], output: Any) -> Tensor | None:
+        """Record ``output`` under ``indices``; returns the twin the model should continue with
+        (a bare tensor, grad enabled), else None."""
+        if not self.remaining:  # traced with early stop: an eager forward has stopped by now
+            return None
         rec = self.recorder
         counts = self.counts
+        twin = None
         for i in indices:
             count = counts[i]
             counts[i] = count + 1
@@ -267,15 +353,33 @@ class Session:
                     self.watched += [
                         (i, t, t._version) for t in _tree.tensors(output) if not t.is_inference()
                     ]
+                    if (
+                        self.grad
+                        and type(output) is Tensor
+                        and output.requires_grad
+                        and not rec.detach
+                    ):
+                        # as for one call: the model goes on with a twin, own is returned
+                        self.owned.append((i, len(self.values[i]), output, output._version))
+                        twin = self.hand((i,), output) if twin is None else self._share(i, twin)
+                        self.watched.append((i, twin, twin._version))
             else:
                 self.keep(i, output)
                 value = _UNSET
+                if self.grad and output.requires_grad and not rec.detach:
+                    twin = self.hand((i,), output) if twin is None else self._share(i, twin)
             if self.all_calls:
                 self.values[i].append(value)
             elif value is not _UNSET:
                 self.values[i] = value
             if rec.stop_early and not count and not rec.wait_for_parent[i]:
                 self._mark_done(i)
+        return twin
+
+    def _share(self, i: int, twin: Tensor) -> Tensor:
+        self.handed[i] = twin
+        self.handed_versions[i] = twin._version
+        return twin
 
     def _repeat_ignored(self, i: int, count: int) -> bool:
         repeats = self.recorder.repeats
@@ -323,15 +427,26 @@ class Session:
                 i for i, tensor, version in self.watched if tensor._version != version
             )
             self.watched = []
+            for i, call, tensor, version in self.owned:
+                if tensor._version == version:
+                    self.values[i][call] = tensor
             return [list(v) for v in self.values]
         values = self.values
         versions = self.versions
         modified = []
+        handed = self.handed
         for i, own in enumerate(self.own):
             if own is not None:
+                twin = handed[i]
+                twin_written = twin is not None and twin._version != self.handed_versions[i]
                 if own._version == versions[i]:
                     values[i] = own
-                else:
+                    if twin_written:  # the model wrote to its twin; own is untouched
+                        modified.append(i)
+                elif twin is not None and not twin_written:
+                    values[i] = twin  # own written through an alias; the twin is still exact
+                    modified.append(i)
+                else:  # the snapshot
                     modified.append(i)
         self.recorder.last_modified = frozenset(modified)
         if self.recorder.detach and not self.traced:
@@ -364,3 +479,17 @@ class Session:
                 "missing='none' to get None."
             )
         return features
+
+
+def _in_reentrant_checkpoint() -> bool:
+    """Whether the caller runs inside ``torch.utils.checkpoint``'s reentrant forward (which runs
+    the function with grad off). Walks the stack: only called on that rare path."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "forward" and code.co_filename.endswith(
+            ("utils/checkpoint.py", "utils\\checkpoint.py")
+        ):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from featwrap.errors import LayerSpecError
+from featwrap.errors import EditError, LayerSpecError
 
 Tensor = torch.Tensor
 
@@ -144,6 +144,55 @@ def select_input(args: tuple[Any, ...], kwargs: dict[str, Any], selector: Any, k
         f"select={selector!r} for the input of layer {key!r} does not fit the call: "
         f"{len(args)} positional argument(s) and keyword argument(s) {sorted(kwargs)}. Pick a "
         "positional index or a keyword name it has, or pass a callable fn(*args, **kwargs)."
+    )
+
+
+def replace_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], selector: Any, new: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` with the argument named by ``selector`` (as for :func:`select_input`)
+    replaced by ``new``. A callable selector names no argument: the caller checks that first."""
+    if selector is None:
+        selector = 0 if args else next(iter(kwargs))
+    if isinstance(selector, int):
+        items = list(args)
+        items[selector] = new
+        return tuple(items), kwargs
+    return args, {**kwargs, selector: new}
+
+
+def replace_output(value: Any, selector: Any, new: Any, key: str) -> Any:
+    """A copy of the structure ``value`` with the part named by ``selector`` (an index, key or
+    attribute, as for :func:`select_output`) replaced by ``new``; the original is unchanged."""
+    if selector is None:
+        return new
+    if isinstance(value, list):
+        items = list(value)
+        items[selector] = new
+        return items if type(value) is list else _rebuild(value, items)
+    if isinstance(value, tuple):
+        items = list(value)
+        if hasattr(value, "_fields"):  # namedtuple: an index or a field name
+            items[selector if isinstance(selector, int) else value._fields.index(selector)] = new
+            return type(value)(*items)
+        items[selector] = new
+        return tuple(items) if type(value) is tuple else _rebuild(value, items)
+    if isinstance(value, Mapping):
+        mapped = dict(value)
+        mapped[selector] = new
+        return mapped if type(value) is dict else _rebuild(value, mapped)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        try:
+            return dataclasses.replace(value, **{selector: new})
+        except (TypeError, ValueError):  # init=False fields and the like
+            clone = object.__new__(type(value))
+            clone.__dict__.update(value.__dict__)
+            object.__setattr__(clone, selector, new)
+            return clone
+    raise EditError(
+        f"Cannot write the edited part {selector!r} of layer {key!r} back into its output, "
+        f"{describe(value)}. Edit the whole output instead (a FeatureModel whose layer has no "
+        "select), returning the new structure."
     )
 
 

@@ -11,6 +11,8 @@ import builtins
 
 __all__ = [
     "BackboneError",
+    "CheckpointWarning",
+    "EditError",
     "FeatwrapError",
     "FeatwrapTypeError",
     "FeatwrapValueError",
@@ -52,6 +54,15 @@ class RepeatedCallError(FeatwrapError, RuntimeError):
 
 class HooksRemovedError(FeatwrapError, RuntimeError):
     """A FeatureModel was called after its hooks were removed."""
+
+
+class EditError(FeatwrapError, ValueError):
+    """An edit (``FeatureModel.edit``) that cannot apply: an unknown key, a replacement tensor
+    of the wrong shape, a structure that a selector cannot write into."""
+
+
+class CheckpointWarning(UserWarning):
+    """A captured value has no autograd graph: its layer ran under a reentrant checkpoint."""
 
 
 class BackboneError(FeatwrapError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,8 +16,10 @@ from featwrap import maps
 from featwrap._capture import Recorder, StopForward
 from featwrap._finality import plan
 from featwrap._options import OUTPUT_KEY, Missing, Repeats
+from featwrap.edit import Edit, EditValue
 from featwrap.errors import (
     BackboneError,
+    EditError,
     FeatwrapError,
     FeatwrapTypeError,
     FeatwrapValueError,
@@ -238,6 +240,12 @@ class FeatureModel(nn.Module):
 
     def _traced_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         recorder = self._recorder
+        if recorder.open_edits:
+            raise EditError(
+                "An edit block (`with fm.edit(...)`) is open, and edits do not apply inside a "
+                "torch.compile'd forward (the compiled graph is shared by all threads). Call "
+                "the FeatureModel itself, not its compiled version, inside the edit block."
+            )
         session = recorder.open_traced()
         try:
             output = self.backbone(*args, **kwargs)
@@ -246,6 +254,38 @@ class FeatureModel(nn.Module):
         if self._maps is not None:
             return self._maps.apply(session.result(output, self.output_key), args, kwargs)
         return session.result(output, self.output_key)
+
+    # -- interventions -----------------------------------------------------------------------------
+    def edit(self, edits: Mapping[str, EditValue], *, call: int | None = None) -> Edit:
+        """Edit layers' values in the forwards of this thread, inside a ``with`` block.
+
+        Args:
+            edits: ``{key: change}`` for keys of the returned dict (a module's output, one part
+                of it captured with ``Capture(select=...)``, or an input such as ``"fc:input"``).
+                A change is a function ``fn(value) -> new value`` (gradients flow through it) or
+                a tensor that replaces the value (activation patching: a value captured in
+                another run; same shape, dtype and device).
+            call: which call of a layer's module is edited when it runs several times in one
+                forward: ``None`` (default) every call, an int the call of that index (0: the
+                first). ``repeats`` still decides which call's value is returned.
+
+        The rest of the model runs on the edited value, and the returned dict holds it. Edits
+        apply in this thread only, to the forwards inside the block; blocks nest (for one key,
+        outer edits apply first) and leaving a block, by an exception too, restores the edits
+        of before. A copy or pickle of the model carries no edit. A ``torch.compile``'d forward
+        raises :class:`~featwrap.EditError` while an edit block is open.
+
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> fm = FeatureModel(net, {"1": "hidden"})
+        >>> x = torch.randn(3, 4)
+        >>> with fm.edit({"hidden": torch.zeros(3, 8)}):
+        ...     out = fm(x)
+        >>> torch.equal(out["logits"], net[2].bias.expand(3, 2))
+        True
+        """
+        return Edit(self._recorder, edits, call)
 
     # -- metadata ----------------------------------------------------------------------------------
     def feature_info(

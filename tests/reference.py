@@ -3,6 +3,7 @@ returned. Shares no code with featwrap, so tests compare featwrap against it."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,3 +86,126 @@ def assert_same(actual: Any, expected: Any, exact: bool = True) -> None:
             assert_same(actual[k], expected[k], exact)
         return
     assert actual == expected
+
+
+# -- the same model without in-place ops: the reference for gradients ---------------------------
+_INPLACE_DUNDERS = {
+    "__iadd__": torch.Tensor.__add__,
+    "__isub__": torch.Tensor.__sub__,
+    "__imul__": torch.Tensor.__mul__,
+    "__itruediv__": torch.Tensor.__truediv__,
+}
+
+
+class NoInplace(torch.overrides.TorchFunctionMode):
+    """Runs every functional in-place op (``x += y``, ``x.add_(y)``, ``F.relu(x, inplace=True)``)
+    as its out-of-place form. Python rebinds the name to the result of ``+=`` and models use the
+    return value of ``F.relu_``-style calls, so the model computes the same values without ever
+    writing a tensor."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _INPLACE_DUNDERS:
+            return _INPLACE_DUNDERS[name](*args, **kwargs)
+        if kwargs.get("inplace") is True:
+            kwargs = {**kwargs, "inplace": False}
+        elif name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
+            base = name[:-1]
+            for owner in (torch, torch.nn.functional, torch._C._nn):
+                if hasattr(owner, base):
+                    return getattr(owner, base)(*args, **kwargs)
+            if isinstance(args[0], torch.Tensor) and hasattr(torch.Tensor, base):
+                return getattr(torch.Tensor, base)(*args, **kwargs)
+            raise NotImplementedError(f"no out-of-place form for {name}")
+        return func(*args, **kwargs)
+
+
+class CountWrites(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops that write into one of their arguments (in-place ops and ``out=``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func._schema.is_mutable:
+            self.writes.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def without_inplace(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with ``inplace=False`` on every module that has the flag; run it
+    under :class:`NoInplace` for the functional in-place ops of its forward."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False
+    return clone
+
+
+def reference_grads(
+    model: nn.Module, keys: list[str], x: torch.Tensor, target: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None], list[str]]:
+    """Each key's value (the last call's output; ``path:input`` its first argument; keys of
+    modules that did not run are left out) and the gradient of ``target(output)`` with respect to it, on an in-place-free copy of ``model``;
+    with the list of writes that ran (expected empty)."""
+    clean = without_inplace(model)
+    values: dict[str, torch.Tensor] = {}
+    handles = []
+    for key in keys:
+        path, _, part = key.partition(":")
+        module = clean.get_submodule(path)
+        if part == "input":
+            handles.append(
+                module.register_forward_pre_hook(lambda m, a, k=key: values.__setitem__(k, a[0]))
+            )
+        else:
+            handles.append(
+                module.register_forward_hook(lambda m, a, o, k=key: values.__setitem__(k, o))
+            )
+    counter = CountWrites()
+    try:
+        with NoInplace(), counter:
+            out = clean(x)
+    finally:
+        for h in handles:
+            h.remove()
+    ran = [k for k in keys if k in values]  # a module the forward never called has no value
+    grads = torch.autograd.grad(target(out), [values[k] for k in ran], allow_unused=True)
+    return values, dict(zip(ran, grads, strict=True)), counter.writes
+
+
+@contextmanager
+def editing(
+    model: nn.Module, edits: dict[str, Any], call: int | None = None
+) -> Iterator[dict[str, list[Any]]]:
+    """Hand-written hooks that replace a path's output by ``fn(output)`` (``"path:input"``: its
+    first positional argument, with a pre-hook), on every call or on call number ``call`` only;
+    records a deep clone of each edited value, per call."""
+    calls: dict[str, list[Any]] = {k: [] for k in edits}
+    counts = dict.fromkeys(edits, 0)
+    handles = []
+    for key, fn in edits.items():
+        path, _, part = key.partition(":")
+        module = model.get_submodule(path)
+
+        def change(value: Any, key: str = key, fn: Any = fn) -> Any:
+            count = counts[key]
+            counts[key] += 1
+            if call is None or call == count:
+                value = fn(value)
+            calls[key].append(deep_clone(value))
+            return value
+
+        if part == "input":
+            handles.append(
+                module.register_forward_pre_hook(lambda m, a, c=change: (c(a[0]), *a[1:]))
+            )
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, c=change: c(o)))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()

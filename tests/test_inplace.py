@@ -58,10 +58,12 @@ def test_inference_mode(options: dict[str, Any]) -> None:
             assert_same(got[0] if options.get("repeats") == "all" else got, calls[name][0])
 
 
-def test_copy_only_where_an_inplace_op_follows(resnet18) -> None:
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_copy_only_where_an_inplace_op_follows(resnet18, grad: bool) -> None:
     """A layer nothing modifies later is returned as the very tensor the module produced (same
     object, same memory, no copy), from the first call on; bn1, which the in-place ReLU modifies,
-    is returned as it was before the ReLU."""
+    is returned as it was before the ReLU: without grad a snapshot (the ReLU's write copied the
+    memory), with grad the module's own tensor (the ReLU wrote to the twin the model got)."""
     x = torch.randn(1, 3, 32, 32)
     layers = ["maxpool", "layer3.0.downsample.1", "avgpool", "bn1"]
     fm = FeatureModel(resnet18, layers)
@@ -70,20 +72,26 @@ def test_copy_only_where_an_inplace_op_follows(resnet18) -> None:
     def keep(path: str, output: torch.Tensor) -> None:
         raw[path] = output
 
-    handles = [
-        resnet18.get_submodule(p).register_forward_hook(lambda m, a, o, p=p: keep(p, o))
+    handles = [  # prepended: they see what the module returned, before featwrap's hook
+        resnet18.get_submodule(p).register_forward_hook(
+            lambda m, a, o, p=p: keep(p, o), prepend=True
+        )
         for p in layers
     ]
     try:
         for _ in range(2):
-            out = fm(x)
+            with torch.set_grad_enabled(grad):
+                out = fm(x)
             for p in ["maxpool", "layer3.0.downsample.1", "avgpool"]:
                 assert out[p] is raw[p], p
                 assert out[p].data_ptr() == raw[p].data_ptr(), p
-            assert out["bn1"] is not raw["bn1"]
-            assert out["bn1"].data_ptr() != raw["bn1"].data_ptr()
             assert (out["bn1"] < 0).any()
-            assert (raw["bn1"] >= 0).all()
+            if grad:
+                assert out["bn1"] is raw["bn1"]
+            else:
+                assert out["bn1"] is not raw["bn1"]
+                assert out["bn1"].data_ptr() != raw["bn1"].data_ptr()
+                assert (raw["bn1"] >= 0).all()
     finally:
         for h in handles:
             h.remove()

@@ -55,6 +55,7 @@ def test_structured_outputs_detached() -> None:
         assert type(out["named"]).__name__ == "Pair"
 
 
+@pytest.mark.filterwarnings("ignore::featwrap.CheckpointWarning")  # tests/test_gradients_inplace
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_activation_checkpointing(use_reentrant: bool) -> None:
     model = Checkpointed(use_reentrant)
