@@ -28,6 +28,7 @@ from torch.utils.data import TensorDataset
 
 import featwrap
 from featwrap import DataError, ResumeMismatchError, extract
+from featwrap.extraction.lock import LOCK_FILE
 
 N = 22
 KWARGS: dict[str, Any] = {"batch_size": 2, "shard_size": 4, "num_workers": 0}  # 6 shards
@@ -150,7 +151,7 @@ def tree_digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE  # who holds the output: not a record of the run
     }
 
 

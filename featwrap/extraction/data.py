@@ -165,7 +165,7 @@ def default_transform(
             config["input_size"] = (3, image_size, image_size)
         transform: Transform = create_transform(**config, is_training=False)
         return transform
-    size = image_size or 224
+    size = 224 if image_size is None else image_size
     standard: Transform = T.Compose(
         [
             T.Resize(round(size * 256 / 224)),

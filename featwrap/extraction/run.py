@@ -27,6 +27,7 @@ from featwrap.extraction.data import (
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.layout import Layout
 from featwrap.extraction.load import Features, load_features
+from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.plan import Step, plan_batches
 from featwrap.extraction.pool import PoolSpec, pool_name, resolve_pools
 from featwrap.extraction.ranks import Ranks, join_ranks
@@ -116,10 +117,12 @@ def extract(
     """
     if on_error not in _ON_ERROR:
         raise FeatwrapValueError(f"on_error={on_error!r} is not one of 'fail', 'skip'.")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise FeatwrapValueError(f"shard_size must be a positive int, got {shard_size!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise FeatwrapValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_sizes(shard_size=shard_size, batch_size=batch_size, image_size=image_size)
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise FeatwrapValueError(
+            f"num_workers={num_workers!r} (--num-workers {num_workers}) is not a number of "
+            "DataLoader workers: pass 0 (read in this process) or more, or leave it out (auto)."
+        )
     store_dtype = _dtype(dtype)
     resolved = _resolve_model(model, weights)
     module = resolved.module
@@ -216,6 +219,14 @@ class _Job:
             ranks.close()
 
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
+        lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
+        _on_rank_zero(ranks, lock.acquire)
+        try:
+            return self._locked(output, overwrite, ranks)
+        finally:
+            lock.release()
+
+    def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
         opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
         (state, layout), first_spec = ranks.broadcast((opened, spec))  # rank 0's, everywhere
@@ -447,20 +458,60 @@ def _resolve_model(model: Any, weights: str | None) -> _Model:
     )
 
 
+def _check_sizes(**sizes: int | None) -> None:
+    """Each size given is a positive int (``None``: the default)."""
+    for name, value in sizes.items():
+        if value is None and name != "shard_size":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise FeatwrapValueError(
+                f"{name}={value!r} ({flag} {value}) must be a positive whole number, e.g. "
+                f"{_SIZE_EXAMPLES[name]}."
+            )
+
+
+_SIZE_EXAMPLES = {"shard_size": 1024, "batch_size": 32, "image_size": 224}
+
+
 def _device(device: Any, module: nn.Module, by_name: bool) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device is not None:
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except (RuntimeError, TypeError) as error:
             raise FeatwrapValueError(
-                f"device={device!r} is not a device ('cpu', 'cuda', 'cuda:1', 'mps')."
+                f"device={device!r} (--device {device}) is not a device ('cpu', 'cuda', "
+                "'cuda:1', 'mps')."
             ) from error
+        _check_available(chosen, device)
+        return chosen
     own = _module_device(module)
     if own is not None and (own.type != "cpu" or not by_name):
         return own
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_available(chosen: torch.device, given: Any) -> None:
+    """Raise if this machine has no such device (rather than failing inside the first forward)."""
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FeatwrapValueError(
+                f"device={str(given)!r} (--device {given}) is not available: this PyTorch sees no "
+                "CUDA GPU (torch.cuda.is_available() is False). Use device='cpu' (--device cpu)."
+            )
+        if chosen.index is not None and chosen.index >= count:
+            raise FeatwrapValueError(
+                f"device={str(given)!r} (--device {given}) is not available: this machine has "
+                f"{count} CUDA GPUs (cuda:0 to cuda:{count - 1})."
+            )
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise FeatwrapValueError(
+            f"device={str(given)!r} (--device {given}) is not available on this machine. Use "
+            "device='cpu' (--device cpu)."
+        )
 
 
 def _module_device(module: nn.Module) -> torch.device | None:
@@ -472,14 +523,22 @@ def _module_device(module: nn.Module) -> torch.device | None:
 
 
 def _dtype(dtype: Any) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if isinstance(value, torch.dtype):
-        return value
-    raise FeatwrapValueError(
-        f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'float16' or 'bfloat16'."
-    )
+    if dtype is None:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    value = dtype if isinstance(dtype, torch.dtype) else getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise FeatwrapValueError(
+            f"dtype={name!r} (--dtype {name}) is not a torch dtype; use e.g. 'float32', "
+            "'float16' or 'bfloat16'."
+        )
+    if not value.is_floating_point:
+        raise FeatwrapValueError(
+            f"dtype={name!r} (--dtype {name}) is not a floating-point dtype: features would be "
+            "truncated to whole numbers. Use 'float32', 'float16' or 'bfloat16', or leave it "
+            "out to keep the model's own dtype."
+        )
+    return value
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

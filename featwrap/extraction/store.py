@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from featwrap.extraction import _testing
-from featwrap.extraction.errors import OutputError, ResumeMismatchError
+from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
 from featwrap.extraction.layout import Layout, index_runs
+from featwrap.extraction.lock import LOCK_FILE
 
-__all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "write_atomic"]
+__all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "read_record", "write_atomic"]
 
 FEATURES_FILE = "features.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -96,10 +97,10 @@ class Output:
     def previous_spec(self) -> tuple[str, dict[str, Any] | None]:
         """``("new" | "running" | "complete", the spec that run was started with)``."""
         if self.manifest.is_file():
-            return "complete", _read_json(self.manifest).get("run")
+            return "complete", read_record(self.manifest).get("run")
         if self.run_json.is_file():
-            return "running", _read_json(self.run_json)["spec"]
-        ours = {WORK_DIR, FEATURES_FILE, ".featwrap-write-test"}
+            return "running", read_record(self.run_json, "spec", "layout")["spec"]
+        ours = {WORK_DIR, FEATURES_FILE, ".featwrap-write-test", LOCK_FILE}
         foreign = [p.name for p in self.root.iterdir() if p.name not in ours]
         if foreign or self.features.exists():
             shown = ", ".join(sorted(foreign)[:3]) or FEATURES_FILE
@@ -156,7 +157,7 @@ class Output:
         os.replace(tmp, self.partial)
 
     def layout(self) -> Layout:
-        return Layout.from_json(_read_json(self.run_json)["layout"])
+        return Layout.from_json(read_record(self.run_json, "layout")["layout"])
 
     def resume(self, layout: Layout) -> None:
         """Make a resumed run consistent: a missing or wrong-sized partial file is allocated
@@ -171,7 +172,10 @@ class Output:
         """The committed shards' markers ``{shard: {"rows": [a, b], "skipped": [...]}}``."""
         done: dict[int, dict[str, Any]] = {}
         for marker in self.shards.glob("*.json"):
-            done[int(marker.stem)] = _read_json(marker)
+            try:
+                done[int(marker.stem)] = read_record(marker, "rows", "skipped")
+            except (DataError, ValueError):
+                marker.unlink()  # damaged from outside (ours are written whole): computed again
         return done
 
     def commit(self, shard: int, rows: tuple[int, int], skipped: list[dict[str, Any]]) -> None:
@@ -263,9 +267,23 @@ def _copy(src: Any, offset: int, n: int, dst: Any) -> None:
         n -= len(chunk)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    obj: dict[str, Any] = json.loads(path.read_text())
-    return obj
+def read_record(path: Path, *keys: str) -> dict[str, Any]:
+    """One of the run's JSON files, which must be an object holding ``keys``; a corrupt one
+    raises :class:`DataError` telling how to start over (the file is left as it is)."""
+    try:
+        obj = json.loads(path.read_bytes())
+        problem = "" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+        missing = [k for k in keys if not problem and k not in obj]
+        problem = problem or (f"no {missing[0]!r} entry" if missing else "")
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"not valid JSON: {error}"
+    if problem:
+        raise DataError(
+            f"{str(path)!r} is corrupt ({problem}), so the extraction in "
+            f"{str(path.parent)!r} cannot be read or resumed. Run it again with overwrite=True "
+            "(--overwrite) to compute it anew, or restore the file."
+        )
+    return obj  # type: ignore[no-any-return]
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
