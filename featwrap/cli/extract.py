@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ _BOTH_LISTED = re.compile(r"\b[a-z_]+=, (--[a-z-]+)")
 def _run(args: argparse.Namespace) -> int:
     from featwrap.assets import sample_dir
     from featwrap.extraction import extract
+    from featwrap.extraction.errors import ResumeWarning
     from featwrap.extraction.store import Output
     from featwrap.hub import load_model_noted
 
@@ -130,22 +132,24 @@ def _run(args: argparse.Namespace) -> int:
         done = len(list(output.shards.glob("*.json")))
         say(f"Resuming the run in {args.out}: {done} shards were already written.")
     try:
-        features = extract(
-            loaded,
-            data,
-            layers,
-            out=args.out,
-            pool=parse_pool(args.pool, layers),
-            dtype=args.dtype,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            image_size=args.image_size,
-            on_error=args.on_error,
-            shard_size=args.shard_size,
-            overwrite=args.overwrite,
-            progress=False if args.quiet else None,
-        )
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", ResumeWarning)
+            features = extract(
+                loaded,
+                data,
+                layers,
+                out=args.out,
+                pool=parse_pool(args.pool, layers),
+                dtype=args.dtype,
+                device=args.device,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                image_size=args.image_size,
+                on_error=args.on_error,
+                shard_size=args.shard_size,
+                overwrite=args.overwrite,
+                progress=False if args.quiet else None,
+            )
     except KeyboardInterrupt:
         print(
             f"featwrap extract: interrupted. The shards written so far are kept in {args.out}; "
@@ -153,6 +157,11 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    for caught in notes or []:
+        if issubclass(caught.category, ResumeWarning):
+            say(f"featwrap: {cli_words(str(caught.message))}")
+        else:
+            warnings.showwarning(caught.message, caught.category, caught.filename, caught.lineno)
     if complete_before and not args.overwrite:
         say(f"{args.out} already holds this extraction: nothing was computed again.")
     say(features.summary())

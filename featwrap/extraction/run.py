@@ -24,13 +24,14 @@ from featwrap.extraction.data import (
     read_batch,
     resolve_source,
 )
-from featwrap.extraction.errors import DataError
+from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.layout import Layout
 from featwrap.extraction.load import Features, load_features
 from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.plan import Step, plan_batches
 from featwrap.extraction.pool import PoolSpec, pool_name, resolve_pools
 from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.resume import check_finished, reconcile, run_record
 from featwrap.extraction.rows import Forward, compute_rows, feature_forward
 from featwrap.extraction.sinks import FileSink, MemorySink, Sink
 from featwrap.extraction.store import FEATURES_FILE, Output
@@ -229,10 +230,11 @@ class _Job:
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
         opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
-        (state, layout), first_spec = ranks.broadcast((opened, spec))  # rank 0's, everywhere
+        (state, layout, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
+        self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
         n_shards = -(-self.n // self.shard_size)
         done = output.done_shards()
         mine = ranks.shards(n_shards)
@@ -246,23 +248,39 @@ class _Job:
         except Exception as e:
             error = e
         ranks.agree(error)
-        manifest = self._manifest(spec)
+        manifest = {**self._manifest(spec), "content_sha256": digest}
         ids, targets = self.source.ids, self.source.targets
         _on_rank_zero(ranks, lambda: output.finalize(layout, n_shards, ids, targets, manifest))
         return load_features(output.root)
 
-    def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, Layout]:
-        """Rank 0: check the directory against ``spec``; start or resume the run in it."""
-        state = output.start(spec, overwrite)
-        if state == "new":
-            layout = self._probe_layout()
-            output.create(spec, layout)
-            return state, layout
-        if state == "running":
-            layout = output.layout()
-            output.resume(layout)
-            return state, layout
-        return state, Layout(0, ())
+    def _open(
+        self, output: Output, spec: dict[str, Any], overwrite: bool
+    ) -> tuple[str, Layout, int, str]:
+        """Rank 0: check the directory against ``spec`` and the data; start or resume the run
+        in it. Returns the state, the file layout, the batch size and the data's digest."""
+        state = output.start(spec, overwrite, self.source.ids)
+        if state != "new":
+            try:
+                return self._reopen(output, state)
+            except ResumeMismatchError:  # the data changed since
+                if not overwrite:
+                    raise
+                output.remove_run()
+        layout = self._probe_layout()
+        record, digest = run_record(self.source, self.batch_size)
+        output.create(spec, layout, record)
+        return "new", layout, self.batch_size, digest
+
+    def _reopen(self, output: Output, state: str) -> tuple[str, Layout, int, str]:
+        if state == "complete":
+            check_finished(output, self.source)
+            return state, Layout(0, ()), self.batch_size, ""
+        layout = output.layout()
+        batch_size, notes, digest = reconcile(output, self.source, self.shard_size, self.batch_size)
+        for note in notes:
+            warnings.warn(note, ResumeWarning, stacklevel=4)
+        output.resume(layout)
+        return state, layout, batch_size, digest
 
     def _probe_layout(self) -> Layout:
         """Feature shapes and dtypes, from the first batch (kept: the loop does not compute it
@@ -328,12 +346,21 @@ class _Job:
         skipped: list[dict[str, Any]] = []
         shapes: dict[str, tuple[int, ...]] | None = None
         batches = iter(loader)
+        loaded = [s for s in steps if tuple(s.indices) not in self.ready]  # the loader's batches
+        read = 0
         for step in steps:
             ready = self.ready.pop(tuple(step.indices), None)
             if ready is not None:  # computed by the probe
                 indices, rows, failed = ready
             else:
-                indices, batch, failed = next(batches)
+                try:
+                    indices, batch, failed = next(batches)
+                except (RuntimeError, ConnectionError, EOFError) as error:
+                    if not _worker_death(error, loader.num_workers):
+                        raise
+                    ahead = max(1, loader.num_workers * (loader.prefetch_factor or 2))
+                    raise self._worker_died(loaded[read : read + ahead], error) from error
+                read += 1
                 rows = None if batch is None else self._rows(batch, indices)
             for index, problem in failed:
                 if self.on_error == "fail":
@@ -346,6 +373,20 @@ class _Job:
             if step.last:
                 sink.commit(step.shard, step.span, skipped)
                 skipped = []
+
+    def _worker_died(self, steps: list[Step], error: Exception) -> DataError:
+        """A worker process died (a crash in a decoder, the OOM killer): the samples it may
+        have been reading are those of the batches in flight."""
+        first, last = steps[0].indices[0], steps[-1].indices[-1]
+        ids = self.source.ids
+        cause = " ".join(str(error).split()).rstrip(".") + "."
+        return DataError(
+            f"A DataLoader worker died while reading samples {first} to {last} ({ids[first]!r} "
+            f"to {ids[last]!r}): {cause} One of them crashes the process that reads it (a "
+            "corrupt file, a crash in a library, or too little memory). Run with num_workers=0 "
+            "(--num-workers 0) to see the failure in this process; the shards already written "
+            "are kept."
+        )
 
     def _unreadable(self, index: int, problem: str) -> DataError:
         return DataError(
@@ -363,6 +404,7 @@ class _Job:
             "weights": self.model.weights,
             "parameters_sha256": _parameters_digest(self.model.module),
             "layers": dict(self.paths),
+            "layer_order": list(self.paths),  # the file's order (dicts compare without it)
             "pool": {k: pool_name(p) for k, p in self.pools.items()},
             "dtype": None if self.dtype is None else _dtype_name(self.dtype),
             "samples": self.n,
@@ -421,6 +463,14 @@ def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Ex
         f"Rank {rank} was started with other arguments or data than rank 0 "
         f"({describe_changes(first, mine)}). Start every process with the same arguments."
     )
+
+
+def _worker_death(error: Exception, workers: int) -> bool:
+    """Whether ``error``, raised by a DataLoader's ``next``, means that a worker died: PyTorch
+    says so, or the pipe to a worker broke (samples' own errors are caught in the worker)."""
+    if isinstance(error, RuntimeError):
+        return "DataLoader worker" in str(error)
+    return workers > 0
 
 
 def _check_shapes(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
 from featwrap.extraction.layout import Layout, index_runs
 from featwrap.extraction.lock import LOCK_FILE
+from featwrap.extraction.space import check_space, disk_full, is_disk_full, unwritten_bytes
 
 __all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "read_record", "write_atomic"]
 
@@ -38,10 +40,16 @@ _COPY_CHUNK = 64 << 20
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, flushed, then renamed over it."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise disk_full(path.parent, error, f"writing {path.name}", len(data)) from error
+        raise
     os.replace(tmp, path)
 
 
@@ -110,19 +118,35 @@ class Output:
             )
         return "new", None
 
-    def start(self, spec: dict[str, Any], overwrite: bool) -> str:
+    def start(self, spec: dict[str, Any], overwrite: bool, ids: list[str] | None = None) -> str:
         """Check ``spec`` against what the directory holds: ``"new"``, ``"running"`` (resume) or
-        ``"complete"``. Raises :class:`ResumeMismatchError` if it holds another run."""
+        ``"complete"``. Raises :class:`ResumeMismatchError` if it holds another run (naming the
+        samples added or removed, from ``ids``, the samples' ids now)."""
         self.check_writable()
-        state, previous = self.previous_spec()
+        try:
+            state, previous = self.previous_spec()
+        except DataError:  # a corrupt record
+            if not overwrite:
+                raise
+            self.remove_run()
+            return "new"
         if state != "new" and previous != spec:
             if overwrite:
                 self.remove_run()
                 return "new"
             what = "finished" if state == "complete" else "started"
+            changes = describe_changes(previous or {}, spec)
+            before = self.previous_ids(state)
+            if ids is not None and before is not None and before != ids:
+                from featwrap.extraction.identity import sample_ids_change
+
+                changes = _ID_HASHES.sub("", changes).strip("; ")
+                changes = "; ".join(
+                    filter(None, [f"data: {sample_ids_change(before, ids)}", changes])
+                )
             raise ResumeMismatchError(
-                f"{str(self.root)!r} holds a run {what} with other arguments "
-                f"({describe_changes(previous or {}, spec)}). Run again with the original "
+                f"{str(self.root)!r} holds a run {what} with other arguments or data "
+                f"({changes}). Run again with the original "
                 "arguments to resume, pass overwrite=True (--overwrite) to start over, or choose "
                 "another output directory."
             )
@@ -132,6 +156,19 @@ class Output:
             shutil.rmtree(self.work)  # killed after the manifest, before the clean-up
         return state
 
+    def previous_ids(self, state: str) -> list[str] | None:
+        """The sample ids of the run the directory holds, when it recorded them."""
+        if state == "complete":
+            manifest = read_record(self.manifest)
+            if "ids" not in manifest:
+                return None
+            kept = iter(manifest["ids"])
+            skipped = {int(s["index"]): str(s["id"]) for s in manifest.get("skipped", [])}
+            n = len(manifest["ids"]) + len(skipped)
+            return [skipped[i] if i in skipped else next(kept) for i in range(n)]
+        samples = self.record().get("samples")
+        return None if samples is None else list(samples["ids"])
+
     def remove_run(self) -> None:
         """Delete featwrap's own files (never anything else)."""
         for path in (self.manifest, self.features):
@@ -139,11 +176,29 @@ class Output:
         if self.work.exists():
             shutil.rmtree(self.work)
 
-    def create(self, spec: dict[str, Any], layout: Layout) -> None:
-        """Start a new run: ``run.json``, then the allocated partial file (rank 0 only)."""
+    def create(
+        self, spec: dict[str, Any], layout: Layout, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Start a new run: ``run.json`` (``spec``, ``layout`` and ``extra`` entries), then the
+        allocated partial file (rank 0 only)."""
+        check_space(self.root, layout.file_bytes, f"the features file ({FEATURES_FILE})")
         self.shards.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.run_json, _dump({"spec": spec, "layout": layout.to_json()}))
+        record = {"spec": spec, "layout": layout.to_json(), **(extra or {})}
+        write_atomic(self.run_json, _dump(record))
         self.allocate(layout)
+
+    def record(self) -> dict[str, Any]:
+        """``run.json`` of the run in progress."""
+        return read_record(self.run_json, "spec", "layout")
+
+    def update_record(self, **entries: Any) -> None:
+        """Replace entries of ``run.json`` (written whole, as always)."""
+        write_atomic(self.run_json, _dump({**self.record(), **entries}))
+
+    def drop_shards(self, shards: list[int]) -> None:
+        """Forget committed shards (their rows are computed again)."""
+        for shard in shards:
+            (self.shards / f"{shard:06d}.json").unlink(missing_ok=True)
 
     def allocate(self, layout: Layout) -> None:
         for marker in self.shards.glob("*.json"):
@@ -166,6 +221,8 @@ class Output:
             return
         if not self.partial.is_file() or self.partial.stat().st_size != layout.file_bytes:
             self.allocate(layout)
+        rest = unwritten_bytes(self.partial, layout.file_bytes)
+        check_space(self.root, rest, f"the rest of the features file ({FEATURES_FILE})")
 
     # -- shards ----------------------------------------------------------------------------------
     def done_shards(self) -> dict[int, dict[str, Any]]:
@@ -240,7 +297,22 @@ class Output:
         """Copy the partial file without the rows of skipped samples, then swap it in."""
         keep = index_runs(i for i in range(layout.rows) if i not in gone)
         small = layout.with_rows(sum(b - a for a, b in keep))
+        what = f"assembling {FEATURES_FILE} without the {len(gone)} skipped samples (a copy)"
+        check_space(self.root, small.file_bytes, what)
         tmp = self.features.with_name(self.features.name + ".tmp")
+        try:
+            self._copy_rows(layout, small, keep, tmp)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(error):
+                raise disk_full(self.root, error, what, small.file_bytes) from error
+            raise
+        os.replace(tmp, self.features)
+        self.partial.unlink()
+
+    def _copy_rows(
+        self, layout: Layout, small: Layout, keep: list[tuple[int, int]], tmp: Path
+    ) -> None:
         with open(self.partial, "rb") as src, open(tmp, "wb") as dst:
             dst.write(small.header())
             dst.truncate(small.file_bytes)
@@ -252,8 +324,6 @@ class Output:
                 _testing.point("compact")
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(tmp, self.features)
-        self.partial.unlink()
 
 
 def _copy(src: Any, offset: int, n: int, dst: Any) -> None:
@@ -284,6 +354,9 @@ def read_record(path: Path, *keys: str) -> dict[str, Any]:
             "(--overwrite) to compute it anew, or restore the file."
         )
     return obj  # type: ignore[no-any-return]
+
+
+_ID_HASHES = re.compile(r"ids_sha256: \S+ -> [^;\s]+")
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
