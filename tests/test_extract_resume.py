@@ -1,7 +1,8 @@
 """Killed with SIGKILL at any point and run again, extraction ends with the uninterrupted output.
 
-The killed runs are child processes: forked from this one (fast: no imports) and told where to die
-by FEATWRAP_TEST_KILL (featwrap/extraction/_testing.py), or the real CLI killed from outside.
+The killed runs are child processes: forked from this one (fast: no imports) with
+``featwrap.extraction.store.reached`` (a step of the write protocol) replaced by a SIGKILL at the
+chosen step, or the real CLI killed from outside.
 Everything runs on one thread so that every process computes bit-identical values.
 """
 
@@ -28,11 +29,14 @@ from torch.utils.data import TensorDataset
 
 import featwrap
 from featwrap import DataError, ResumeMismatchError, extract
+from featwrap.extraction import store
 from featwrap.extraction.lock import LOCK_FILE
 
 N = 22
 KWARGS: dict[str, Any] = {"batch_size": 2, "shard_size": 4, "num_workers": 0}  # 6 shards
 LAYERS = ["0", "2", "logits"]
+#: for a child that never ends (a hang), not for speed: far beyond any loaded machine
+PATIENCE = 1800
 
 
 @pytest.fixture(autouse=True)
@@ -70,12 +74,21 @@ def killed(kill_at: str, target: Any, *args: Any, **kwargs: Any) -> None:
         target=_child, args=(kill_at, target, args, kwargs)
     )
     child.start()
-    child.join(120)
+    child.join(PATIENCE)
     assert child.exitcode == -signal.SIGKILL, f"the child was not killed at {kill_at}"
 
 
 def _child(kill_at: str, target: Any, args: Any, kwargs: Any) -> None:
-    os.environ["FEATWRAP_TEST_KILL"] = kill_at
+    where, _, nth = kill_at.partition(":")
+    passes = [0]
+
+    def die_at_the_nth_pass(point: str) -> None:
+        if point == where:
+            passes[0] += 1
+            if passes[0] >= int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    store.reached = die_at_the_nth_pass  # this child only: it was forked
     torch.set_num_threads(1)
     target(*args, **kwargs)
 
@@ -266,13 +279,13 @@ def test_cli_killed_from_outside_then_resumed(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     process = subprocess.Popen([sys.executable, "-m", "featwrap", *argv(out)], env=env)
     shards = out / ".featwrap-run" / "shards"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PATIENCE
     while time.monotonic() < deadline and process.poll() is None:
         if shards.is_dir() and len(list(shards.glob("*.json"))) >= 3:
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
-    assert process.wait(60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert process.wait(PATIENCE) == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (out / "manifest.json").exists()
     sys.path.insert(0, str(tmp_path))
     try:
