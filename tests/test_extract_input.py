@@ -43,8 +43,10 @@ def test_symlinks_are_followed_without_loops(tmp_path: Path) -> None:
     Image.fromarray(pixels(4)).save(elsewhere / "d.png")
     (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # images/sub/loop -> images
     (root / "more").symlink_to(elsewhere, target_is_directory=True)  # a folder kept elsewhere
+    (root / "also").symlink_to(elsewhere, target_is_directory=True)  # the same, a second time
+    (root / "alias").symlink_to(root / "sub", target_is_directory=True)  # a folder inside
     ids, x = rows(root)
-    assert ids == ["a.png", "b.png", "more/d.png", "sub/c.png"]  # each file once, loop cut
+    assert ids == ["a.png", "b.png", "also/d.png", "sub/c.png"]  # each file once, loop cut
     expected = [pixels(1), pixels(2), pixels(4), pixels(3)]
     for row, want in zip(x, expected, strict=True):
         assert torch.equal(row, torch.from_numpy(want).permute(2, 0, 1).float() / 255)
