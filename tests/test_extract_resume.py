@@ -1,8 +1,7 @@
 """Killed with SIGKILL at any point and run again, extraction ends with the uninterrupted output.
 
-The killed runs are child processes: forked from this one (fast: no imports) with
-``featwrap.extraction.store.reached`` (a step of the write protocol) replaced by a SIGKILL at the
-chosen step, or the real CLI killed from outside.
+The killed runs are child processes: forked from this one (fast: no imports) and told where to die
+by FEATWRAP_TEST_KILL (featwrap/extraction/_testing.py), or the real CLI killed from outside.
 Everything runs on one thread so that every process computes bit-identical values.
 """
 
@@ -29,7 +28,6 @@ from torch.utils.data import TensorDataset
 
 import featwrap
 from featwrap import DataError, ResumeMismatchError, extract
-from featwrap.extraction import store
 from featwrap.extraction.lock import LOCK_FILE
 
 N = 22
@@ -79,16 +77,7 @@ def killed(kill_at: str, target: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _child(kill_at: str, target: Any, args: Any, kwargs: Any) -> None:
-    where, _, nth = kill_at.partition(":")
-    passes = [0]
-
-    def die_at_the_nth_pass(point: str) -> None:
-        if point == where:
-            passes[0] += 1
-            if passes[0] >= int(nth or 1):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    store.reached = die_at_the_nth_pass  # this child only: it was forked
+    os.environ["FEATWRAP_TEST_KILL"] = kill_at
     torch.set_num_threads(1)
     target(*args, **kwargs)
 

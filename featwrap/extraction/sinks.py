@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from featwrap.extraction import store
+from featwrap.extraction import _testing
 from featwrap.extraction.layout import Layout, index_runs
 from featwrap.extraction.space import disk_full, is_disk_full, unwritten_bytes
 from featwrap.extraction.store import Output
@@ -113,12 +113,12 @@ class FileSink:
             try:
                 if item[0] == "write":
                     self._write(item[1], item[2])
-                    store.reached("batch")
+                    _testing.point("batch")
                 else:
                     _, shard, span, skipped = item
                     _sync(self._fd)
                     self.output.commit(shard, span, skipped)
-                    store.reached("commit")
+                    _testing.point("commit")
             except OSError as error:
                 self._error = error
                 if is_disk_full(error):

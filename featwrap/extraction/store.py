@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
 from featwrap.extraction.layout import Layout, index_runs
 from featwrap.extraction.lock import LOCK_FILE
@@ -34,16 +35,6 @@ FEATURES_FILE = "features.safetensors"
 MANIFEST_FILE = "manifest.json"
 WORK_DIR = ".featwrap-run"
 _COPY_CHUNK = 64 << 20
-
-
-def reached(point: str) -> None:
-    """A step of the write protocol is done: ``batch`` (a batch's rows written, its shard not
-    committed), ``commit`` (a shard's marker written), ``compact`` (one layer of the compacted
-    copy written), ``finalize`` (the features file in place, no manifest yet).
-
-    Does nothing. The crash tests replace it (``store.reached``) in a child process to kill it
-    right there, then check that a rerun ends with the uninterrupted output.
-    """
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -284,7 +275,7 @@ class Output:
                 with open(self.partial, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(self.partial, self.features)
-            reached("finalize")
+            _testing.point("finalize")
         skipped = json.loads((self.work / "skipped.json").read_text())
         gone = {int(s["index"]) for s in skipped}
         rows = len(ids) - len(gone)
@@ -330,7 +321,7 @@ class Output:
                 dst.seek(small.data_start + small[layer.key].start)
                 for a, b in keep:
                     _copy(src, layout.data_start + layer.start + a * rb, (b - a) * rb, dst)
-                reached("compact")
+                _testing.point("compact")
             dst.flush()
             os.fsync(dst.fileno())
 
