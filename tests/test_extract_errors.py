@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,17 +226,35 @@ def test_disk_full_while_writing_rows(tmp_path: Path, monkeypatch: pytest.Monkey
 
     def fills_up(fd: int, data: Any, offset: int) -> None:
         calls.append(offset)
-        if len(calls) == 5:
+        if len(calls) == 5:  # rows 8-9, in shard 2, fail once the loop has queued more
+            time.sleep(1)
             raise OSError(28, "No space left on device")
         real(fd, data, offset)
 
+    opened = sinks.FileSink.__init__
+
+    def slow_to_commit_shard_2(sink: Any, *args: Any) -> None:
+        """The writer takes its time over shard 2's commit: the loop meanwhile sees the error
+        (the race in which a writer used to commit a shard whose rows had failed)."""
+        opened(sink, *args)
+        get = sink._queue.get
+
+        def slow_get(*a: Any, **k: Any) -> Any:
+            item = get(*a, **k)
+            if isinstance(item, tuple) and item[:2] == ("commit", 2):
+                time.sleep(1)
+            return item
+
+        sink._queue.get = slow_get
+
     monkeypatch.setattr(sinks, "_pwrite_all", fills_up)
+    monkeypatch.setattr(sinks.FileSink, "__init__", slow_to_commit_shard_2)
     out = tmp_path / "out"
     kwargs: dict[str, Any] = {"batch_size": 2, "shard_size": 4, "num_workers": 0}
     with pytest.raises(OutputError, match=r"filled up while writing rows .* KiB more are needed"):
         extract(WIDE, Small(), ["logits"], out=out, **kwargs)
     shards = sorted(p.name for p in (out / ".featwrap-run" / "shards").iterdir())
-    assert shards == ["000000.json", "000001.json"]  # the rows of batch 5 (shard 2) failed
+    assert shards == ["000000.json", "000001.json"]  # shard 2 lost rows: never committed
     monkeypatch.setattr(sinks, "_pwrite_all", real)
     resumed = extract(WIDE, Small(), ["logits"], out=out, **kwargs)
     with torch.no_grad():
