@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from featwrap._options import OnError, Pooling
 from featwrap.cli._parsing import WordList, add_command
-from featwrap.errors import FeatwrapValueError
+from featwrap.errors import FeatwrapError, FeatwrapValueError
 
 HELP = "extract layers' features over a dataset to safetensors (resumable, torchrun-ready)"
 
@@ -132,8 +134,35 @@ def parse_pool(words: list[str], layers: list[str]) -> str | dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except FeatwrapError as error:
+        error.args = (cli_words(str(error)),)  # the same error, told in the command's words
+        raise
+
+
+def cli_words(message: str) -> str:
+    """A library message told in command-line words: ``overwrite=True (--overwrite)`` becomes
+    ``--overwrite``.
+
+    >>> cli_words("pass overwrite=True (--overwrite) or on_error='skip' (--on-error skip)")
+    'pass --overwrite or --on-error skip'
+    >>> cli_words("resize them (image_size=, --image-size)")
+    'resize them (--image-size)'
+    """
+    message = _BOTH.sub(r"\1", message)
+    return _BOTH_LISTED.sub(r"\1", message)
+
+
+# ``name=value (--flag value)`` and ``name=, --flag``
+_BOTH = re.compile(r"\b[a-z_]+=[^\s,()]* \((--[a-z-]+(?: [^\s)]+)?)\)")
+_BOTH_LISTED = re.compile(r"\b[a-z_]+=, (--[a-z-]+)")
+
+
+def _run(args: argparse.Namespace) -> int:
     from featwrap.assets import sample_dir
     from featwrap.extraction import extract
+    from featwrap.extraction.errors import ResumeWarning
     from featwrap.extraction.store import Output
     from featwrap.hub import load_model_noted
 
@@ -154,22 +183,24 @@ def run(args: argparse.Namespace) -> int:
         done = len(list(output.shards.glob("*.json")))
         say(f"Resuming the run in {args.out}: {done} shards were already written.")
     try:
-        features = extract(
-            loaded,
-            data,
-            layers,
-            out=args.out,
-            pool=parse_pool(args.pool, layers),
-            dtype=args.dtype,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            image_size=args.image_size,
-            on_error=args.on_error,
-            shard_size=args.shard_size,
-            overwrite=args.overwrite,
-            progress=False if args.quiet else None,
-        )
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", ResumeWarning)
+            features = extract(
+                loaded,
+                data,
+                layers,
+                out=args.out,
+                pool=parse_pool(args.pool, layers),
+                dtype=args.dtype,
+                device=args.device,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                image_size=args.image_size,
+                on_error=args.on_error,
+                shard_size=args.shard_size,
+                overwrite=args.overwrite,
+                progress=False if args.quiet else None,
+            )
     except KeyboardInterrupt:
         print(
             f"featwrap extract: interrupted. The shards written so far are kept in {args.out}; "
@@ -177,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    for caught in notes or []:
+        if issubclass(caught.category, ResumeWarning):
+            say(f"featwrap: {cli_words(str(caught.message))}")
+        else:
+            warnings.showwarning(caught.message, caught.category, caught.filename, caught.lineno)
     if complete_before and not args.overwrite:
         say(f"{args.out} already holds this extraction: nothing was computed again.")
     say(features.summary())

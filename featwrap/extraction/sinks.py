@@ -16,6 +16,7 @@ import torch
 
 from featwrap.extraction import _testing
 from featwrap.extraction.layout import Layout, index_runs
+from featwrap.extraction.space import disk_full, is_disk_full, unwritten_bytes
 from featwrap.extraction.store import Output
 
 __all__ = ["FileSink", "MemorySink", "Sink"]
@@ -74,6 +75,7 @@ class FileSink:
         self._fd = os.open(output.partial, os.O_WRONLY | getattr(os, "O_BINARY", 0))
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self._failed = False  # sticky: after a failed write, no later write or commit is done
         self._thread = threading.Thread(target=self._run, name="featwrap-writer", daemon=True)
         self._thread.start()
 
@@ -107,8 +109,8 @@ class FileSink:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self._error is not None:
-                continue  # keep draining so that the producer never blocks
+            if self._failed:
+                continue  # keep draining so that the producer never blocks; commit nothing
             try:
                 if item[0] == "write":
                     self._write(item[1], item[2])
@@ -118,7 +120,14 @@ class FileSink:
                     _sync(self._fd)
                     self.output.commit(shard, span, skipped)
                     _testing.point("commit")
+            except OSError as error:
+                self._failed = True
+                self._error = error
+                if is_disk_full(error):
+                    rest = unwritten_bytes(self.output.partial, self.layout.file_bytes)
+                    self._error = disk_full(self.output.root, error, "writing rows", rest)
             except BaseException as error:
+                self._failed = True
                 self._error = error
 
     def _write(self, indices: list[int], rows: dict[str, torch.Tensor]) -> None:
