@@ -15,6 +15,7 @@ import torch
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.layout import dtype_from_name, read_header
 from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output
+from featwrap.extraction.tokens import jagged
 
 __all__ = ["Features", "layer_statistics", "load_features"]
 
@@ -139,6 +140,9 @@ def load_features(path: str | os.PathLike[str], layers: Sequence[str] | None = N
     for key in wanted:
         if key not in tensors:
             raise DataError(f"{key!r} is not a layer of {str(root)!r}; it holds {list(tensors)}.")
+        offsets = manifest.get("layers", {}).get(key, {}).get("offsets")
+        if offsets is not None:  # per-token rows: the tokens, cut per sample by the offsets
+            tensors[key] = jagged(tensors[key], tensors[offsets])
     return Features(
         {k: tensors[k] for k in wanted},
         manifest.get("ids", []),
@@ -187,6 +191,8 @@ def layer_statistics(
     for key, tensor in features.items():
         acc = _Moments()
         x = tensor.detach()
+        if x.is_nested:  # per-token rows: statistics over every token
+            x = x.values()
         if x.ndim == 0:
             x = x.reshape(1)
         n = len(x)

@@ -25,8 +25,10 @@ Pool: TypeAlias = str | Callable[[torch.Tensor], torch.Tensor]
 PoolSpec: TypeAlias = Pool | Mapping[str, Pool]
 
 #: ``avg``/``max`` reduce every dimension after the channel one (NCHW, NCL, NCDHW layouts) and
-#: leave 2-D outputs as they are; ``flatten`` keeps one vector per sample.
-POOLS = ("none", "avg", "max", "flatten")
+#: leave 2-D outputs as they are; ``flatten`` keeps one vector per sample; ``first``/``last`` take
+#: the first/last position of dim 1 (a ViT's class token). Token features ``(N, L, D)`` of a batch
+#: with an attention mask are pooled over the real tokens instead (``tokens.py``).
+POOLS = ("none", "avg", "max", "flatten", "first", "last")
 
 
 def resolve_pools(spec: PoolSpec | None, keys: list[str]) -> dict[str, Pool]:
@@ -98,5 +100,7 @@ def apply_pool(pool: Pool, value: Any, key: str) -> torch.Tensor:
         return value.flatten(1) if value.ndim > 1 else value
     if value.ndim <= 2:
         return value
+    if pool in ("first", "last"):
+        return value[:, 0 if pool == "first" else -1]
     dims = tuple(range(2, value.ndim))
     return value.mean(dim=dims) if pool == "avg" else value.amax(dim=dims)
