@@ -53,12 +53,14 @@ class Texts(Dataset[dict[str, Any]]):
 class TextStream(IterableDataset[dict[str, Any]]):
     """The same samples as a stream, with webdataset-style ``__key__``s."""
 
-    def __init__(self, seqs: list[torch.Tensor], stop: int | None = None) -> None:
-        self.seqs, self.stop = seqs, stop
+    def __init__(
+        self, seqs: list[torch.Tensor], stop: int | None = None, name: str = "text"
+    ) -> None:
+        self.seqs, self.stop, self.name = seqs, stop, name
 
     def __iter__(self) -> Any:
         for i, seq in enumerate(self.seqs[: self.stop]):
-            yield {"__key__": f"text{i:03d}", "input_ids": seq}
+            yield {"__key__": f"{self.name}{i:03d}", "input_ids": seq}
 
 
 def tiny_bert() -> nn.Module:

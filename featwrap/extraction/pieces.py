@@ -92,6 +92,7 @@ class PieceWriter:
             _append(piece.folder / f"{j}.bin", data)
             if isinstance(value, Ragged):
                 _append(piece.folder / f"{j}.len", value.lengths)
+        _testing.point("batch")
 
     def skip(self, shard: int, skipped: list[dict[str, Any]]) -> None:
         self._piece(shard).skipped += skipped
@@ -137,7 +138,6 @@ def _append(path: Path, value: torch.Tensor) -> None:
     data = value.contiguous().reshape(-1).view(torch.uint8).numpy()
     with open(path, "ab") as f:
         f.write(data.data)
-    _testing.point("batch")
 
 
 def _dump(obj: Any) -> bytes:

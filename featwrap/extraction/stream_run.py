@@ -129,7 +129,9 @@ class StreamJob:
     def _check_files(self, done: dict[int, dict[str, Any]]) -> None:
         """A committed tar shard must be the same file now (size, modification time)."""
         for shard, marker in sorted(done.items()):
-            if shard < len(self.stream.files) and marker["identity"] != self.stream.identity(shard):
+            if self.stream.kind != "tar" or shard >= len(self.stream.files):
+                continue
+            if marker["identity"] != self.stream.identity(shard):
                 raise ResumeMismatchError(
                     f"The shard {self.stream.shard_name(shard)!r} changed since its rows were "
                     f"written ({marker['identity']} -> {self.stream.identity(shard)}). Restore it, "
@@ -229,7 +231,7 @@ class StreamJob:
             elif kind == "error":
                 self._unreadable_shard(sink, shard, item[2])
             elif kind == "seen":
-                self._check_seen(shard, item[2], done.get(shard))
+                self._check_seen(shard, item[2], item[3], done.get(shard))
                 seen += len(item[2])
             elif kind == "stop":
                 n_shards = shard
@@ -260,17 +262,27 @@ class StreamJob:
         sink.skip(shard, [{"id": None, "shard": self.stream.shard_name(shard), "error": message}])
         sink.commit(shard, self.stream.shard_name(shard), self.stream.identity(shard))
 
-    def _check_seen(self, shard: int, keys: list[str], marker: dict[str, Any] | None) -> None:
+    def _check_seen(
+        self,
+        shard: int,
+        keys: list[str],
+        identity: dict[str, Any],
+        marker: dict[str, Any] | None,
+    ) -> None:
         """A committed shard of a single stream, read through again: the same samples?"""
         if marker is None:
             return  # another rank's shard
         recorded = [*marker["keys"], *(s["id"] for s in marker["skipped"])]
         if sorted(recorded) != sorted(keys):
-            raise ResumeMismatchError(
-                f"The stream changed since shard {shard} was written: its samples were "
-                f"{_few(recorded)}, now {_few(keys)}. Resume with the same data, or pass "
-                "overwrite=True (--overwrite) to start over."
-            )
+            change = f"its samples were {_few(recorded)}, now {_few(keys)}"
+        elif marker["identity"] != identity:
+            change = f"the same keys {_few(keys)}, but their content differs"
+        else:
+            return
+        raise ResumeMismatchError(
+            f"The stream changed since shard {shard} was written: {change}. Resume with the "
+            "same data, or pass overwrite=True (--overwrite) to start over."
+        )
 
     def _check_end(self, n_shards: int, done: dict[int, dict[str, Any]]) -> None:
         beyond = [k for k in done if k >= n_shards]

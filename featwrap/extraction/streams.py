@@ -14,13 +14,15 @@ yields tagged items:
 - ``("batch", shard, keys, batch, failed)``: ``failed`` the ``(key, error)`` of unreadable samples;
 - ``("end", shard, identity)``: the shard is complete (``identity``: what its file was);
 - ``("error", shard, message)``: the shard cannot be read (not a tar, truncated);
-- ``("seen", shard, keys)``: a shard of a single stream that is not computed here, read through
-  (a committed one is checked against what was recorded);
+- ``("seen", shard, keys, identity)``: a shard of a single stream that is not computed here, read
+  through (a committed one is checked against what was recorded: its keys and a digest of its
+  samples' content, the ``identity`` of a single stream's shard);
 - ``("stop", shards)``: the stream ended after ``shards`` shards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -245,34 +247,53 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
     def _single_stream(self) -> Iterator[tuple[Any, ...]]:
         """Read the whole stream; batch the shards this rank computes, pass over the others."""
         size = self.stream.shard_size
-        shard, keys, seen = 0, [], 0
+        shard, keys, content = 0, [], hashlib.sha256()
         chunk: list[tuple[str, Any, str | None]] = []
         for position, sample in enumerate(self.stream.dataset):
             key = sample.get("__key__") if isinstance(sample, Mapping) else None
             key = str(key) if key is not None else str(position)
             if isinstance(sample, Mapping) and "__key__" in sample:
                 sample = {k: v for k, v in sample.items() if k != "__key__"}
+            content.update(key.encode() + b"\0")
+            _digest(content, sample)
+            keys.append(key)
             if self.computed(shard):
                 chunk.append((key, sample, None))
-            else:
-                keys.append(key)
-            seen += 1
-            if seen == size:
-                yield from self._close_chunk(shard, chunk, keys)
-                shard, keys, seen, chunk = shard + 1, [], 0, []
-        if seen:
-            yield from self._close_chunk(shard, chunk, keys)
+            if len(keys) == size:
+                yield from self._close_chunk(shard, chunk, keys, content.hexdigest())
+                shard, keys, content, chunk = shard + 1, [], hashlib.sha256(), []
+        if keys:
+            yield from self._close_chunk(shard, chunk, keys, content.hexdigest())
             shard += 1
         yield ("stop", shard)
 
     def _close_chunk(
-        self, shard: int, chunk: list[tuple[str, Any, str | None]], keys: list[str]
+        self, shard: int, chunk: list[tuple[str, Any, str | None]], keys: list[str], content: str
     ) -> Iterator[tuple[Any, ...]]:
+        identity = {"content_sha256": content}
         if chunk:
             yield from self._batches(shard, iter(chunk))
-            yield ("end", shard, None)
+            yield ("end", shard, identity)
         else:
-            yield ("seen", shard, keys)
+            yield ("seen", shard, keys, identity)
+
+
+def _digest(content: Any, value: Any) -> None:
+    """Feed a sample's content (tensors' dtype, shape and bytes; other values' repr) to a hash:
+    a stream whose samples change between a kill and a resume is noticed."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().to("cpu").contiguous()
+        content.update(f"{data.dtype}{tuple(data.shape)}".encode())
+        content.update(data.reshape(-1).view(torch.uint8).numpy().data if data.numel() else b"")
+    elif isinstance(value, Mapping):
+        for key in sorted(value, key=str):
+            content.update(str(key).encode())
+            _digest(content, value[key])
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _digest(content, item)
+    else:
+        content.update(repr(value).encode())
 
 
 def _guarded(key: str, read: Callable[..., Any], *args: Any) -> tuple[str, Any, str | None]:
