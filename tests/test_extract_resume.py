@@ -28,6 +28,7 @@ from torch.utils.data import TensorDataset
 
 import featwrap
 from featwrap import DataError, ResumeMismatchError, extract
+from featwrap.extraction.lock import LOCK_FILE
 
 N = 22
 KWARGS: dict[str, Any] = {"batch_size": 2, "shard_size": 4, "num_workers": 0}  # 6 shards
@@ -150,7 +151,7 @@ def tree_digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE  # who holds the output: not a record of the run
     }
 
 
@@ -166,10 +167,15 @@ def test_changed_arguments_on_resume(
     more = TensorDataset(torch.cat([data.tensors[0], data.tensors[0][:1]]))
     changes: list[tuple[str, dict[str, Any], str]] = [
         ("layers", {"layers": ["0", "logits"]}, r"layers: '2' removed"),
+        (
+            "layer order",
+            {"layers": ["2", "0", "logits"]},
+            r"layer_order: \['0', '2', 'logits'\] -> \['2', '0', 'logits'\]",
+        ),
         ("pool", {"pool": "avg"}, r"pool: '0' 'none' -> 'avg', '2' 'none' -> 'avg'"),
         ("dtype", {"dtype": torch.float16}, r"dtype: None -> 'float16'"),
         ("weights", {"model": other_net}, r"parameters_sha256: "),
-        ("data", {"data": more}, r"samples: 22 -> 23"),
+        ("data", {"data": more}, r"data: 1 added \('22'\); samples: 22 -> 23"),
         ("shard size", {"shard_size": 8}, r"shard_size: 4 -> 8"),
     ]
     for what, change, message in changes:
@@ -180,9 +186,10 @@ def test_changed_arguments_on_resume(
         assert "started with other arguments" in str(info.value), what
         assert "overwrite=True" in str(info.value)
         assert tree_digest(out) == before, f"{what}: the directory was changed"
-    # a batch size or worker count does not change the rows: resuming with them is fine
-    resumed = extract(make_net(), data, LAYERS, out=out, **{**KWARGS, "batch_size": 4})
-    assert list(resumed) == list(uninterrupted)
+    # another batch size: the run's own is kept (with a note), so the rows are the same bytes
+    with pytest.warns(featwrap.extraction.ResumeWarning, match=r"batch_size=4 .* resuming with 2"):
+        resumed = extract(make_net(), data, LAYERS, out=out, **{**KWARGS, "batch_size": 4})
+    assert_same_output(resumed, uninterrupted)
     started_over = extract(make_net(), data, ["2"], out=out, overwrite=True, **KWARGS)
     assert torch.equal(started_over["2"], uninterrupted["2"])
     assert list(started_over) == ["2"]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from featwrap.errors import FeatwrapValueError
+from featwrap.errors import FeatwrapError
 
 HELP = "extract layers' features over a dataset to safetensors (resumable, torchrun-ready)"
 
@@ -84,16 +86,40 @@ def parse_pool(text: str, layers: list[str]) -> str | dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except FeatwrapError as error:
+        error.args = (cli_words(str(error)),)  # the same error, told in the command's words
+        raise
+
+
+def cli_words(message: str) -> str:
+    """A library message told in command-line words: ``overwrite=True (--overwrite)`` becomes
+    ``--overwrite``.
+
+    >>> cli_words("pass overwrite=True (--overwrite) or on_error='skip' (--on-error skip)")
+    'pass --overwrite or --on-error skip'
+    >>> cli_words("resize them (image_size=, --image-size)")
+    'resize them (--image-size)'
+    """
+    message = _BOTH.sub(r"\1", message)
+    return _BOTH_LISTED.sub(r"\1", message)
+
+
+# ``name=value (--flag value)`` and ``name=, --flag``
+_BOTH = re.compile(r"\b[a-z_]+=[^\s,()]* \((--[a-z-]+(?: [^\s)]+)?)\)")
+_BOTH_LISTED = re.compile(r"\b[a-z_]+=, (--[a-z-]+)")
+
+
+def _run(args: argparse.Namespace) -> int:
     from featwrap.assets import sample_dir
     from featwrap.extraction import extract
+    from featwrap.extraction.errors import ResumeWarning
     from featwrap.extraction.store import Output
     from featwrap.hub import load_model_noted
 
     rank = int(os.environ.get("RANK", "0"))
     say = _printer(args.quiet or rank != 0)
-    for name in ("batch_size", "shard_size"):
-        if getattr(args, name) < 1:
-            raise FeatwrapValueError(f"--{name.replace('_', '-')} must be at least 1")
     layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     loaded, note = load_model_noted(args.model, args.weights)
     if note:
@@ -106,22 +132,24 @@ def run(args: argparse.Namespace) -> int:
         done = len(list(output.shards.glob("*.json")))
         say(f"Resuming the run in {args.out}: {done} shards were already written.")
     try:
-        features = extract(
-            loaded,
-            data,
-            layers,
-            out=args.out,
-            pool=parse_pool(args.pool, layers),
-            dtype=args.dtype,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            image_size=args.image_size,
-            on_error=args.on_error,
-            shard_size=args.shard_size,
-            overwrite=args.overwrite,
-            progress=False if args.quiet else None,
-        )
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", ResumeWarning)
+            features = extract(
+                loaded,
+                data,
+                layers,
+                out=args.out,
+                pool=parse_pool(args.pool, layers),
+                dtype=args.dtype,
+                device=args.device,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                image_size=args.image_size,
+                on_error=args.on_error,
+                shard_size=args.shard_size,
+                overwrite=args.overwrite,
+                progress=False if args.quiet else None,
+            )
     except KeyboardInterrupt:
         print(
             f"featwrap extract: interrupted. The shards written so far are kept in {args.out}; "
@@ -129,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    for caught in notes or []:
+        if issubclass(caught.category, ResumeWarning):
+            say(f"featwrap: {cli_words(str(caught.message))}")
+        else:
+            warnings.showwarning(caught.message, caught.category, caught.filename, caught.lineno)
     if complete_before and not args.overwrite:
         say(f"{args.out} already holds this extraction: nothing was computed again.")
     say(features.summary())

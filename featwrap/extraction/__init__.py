@@ -6,7 +6,13 @@ it resumes after a crash and splits the work between ``torchrun`` processes.
 ``featwrap.load_features(DIR)`` maps them back, one tensor per layer.
 """
 
-from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
+from featwrap.extraction.errors import (
+    DataError,
+    OutputBusyError,
+    OutputError,
+    ResumeMismatchError,
+    ResumeWarning,
+)
 from featwrap.extraction.load import Features, layer_statistics, load_features
 from featwrap.extraction.pool import POOLS, PoolSpec
 from featwrap.extraction.run import extract
@@ -15,9 +21,11 @@ __all__ = [
     "POOLS",
     "DataError",
     "Features",
+    "OutputBusyError",
     "OutputError",
     "PoolSpec",
     "ResumeMismatchError",
+    "ResumeWarning",
     "extract",
     "layer_statistics",
     "load_features",

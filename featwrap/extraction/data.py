@@ -31,7 +31,9 @@ __all__ = [
     "first_readable",
     "make_loader",
     "model_input",
+    "printable",
     "read_batch",
+    "read_rgb",
     "resolve_source",
 ]
 
@@ -84,8 +86,14 @@ def find_images(root: Path) -> tuple[list[Path], list[str] | None]:
         )
     keyed: list[tuple[tuple[str, str, str], Path]] = []
     others = 0
+    seen: set[tuple[int, int]] = set()  # folders already walked: symlinks never loop
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        folder = os.stat(dirpath)
+        if (folder.st_dev, folder.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((folder.st_dev, folder.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # first visit wins
         parent = Path(dirpath)
         rel_dir = parent.relative_to(root).as_posix()
         top = "" if rel_dir == "." else rel_dir.split("/", 1)[0]
@@ -108,8 +116,12 @@ def find_images(root: Path) -> tuple[list[Path], list[str] | None]:
         keyed = [(("", key[1], key[2]), path) for key, path in keyed]
     keyed.sort(key=lambda item: item[0])
     paths = [path for _, path in keyed]
-    classes = sorted({key[0] for key, _ in keyed}) if by_class else None
-    return paths, classes
+    if not by_class:
+        return paths, None
+    # every first-level folder is a class, as in torchvision's find_classes (an empty one too,
+    # so that the class indices match); hidden folders are not.
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return paths, sorted(folders | {key[0] for key, _ in keyed})
 
 
 class ImageFolderData(Dataset[Any]):
@@ -126,7 +138,7 @@ class ImageFolderData(Dataset[Any]):
         self.paths, self.classes = find_images(self.root)
         self.transform = transform
         base = self.root if self.root.is_dir() else self.root.parent
-        self.ids = [p.relative_to(base).as_posix() for p in self.paths]
+        self.ids = [printable(p.relative_to(base).as_posix()) for p in self.paths]
         self.targets = (
             [self.classes.index(i.split("/", 1)[0]) for i in self.ids] if self.classes else None
         )
@@ -135,11 +147,40 @@ class ImageFolderData(Dataset[Any]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Any:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as image:
-            rgb = image.convert("RGB")
+        rgb = read_rgb(self.paths[index])
         return self.transform(rgb) if self.transform is not None else rgb
+
+
+def read_rgb(path: str | os.PathLike[str]) -> Any:
+    """An image file as an 8-bit RGB ``PIL.Image``, as it is meant to be seen.
+
+    Its EXIF orientation is applied (a phone's portrait photo stands upright), and modes with
+    more than 8 bits keep their full range: 16-bit grayscale (``I;16``, and ``I``) is scaled
+    from 0-65535, floating-point (``F``) from 0-1, where ``Image.convert`` would clip every
+    value above 255 (or 1).
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)
+    if upright.mode.startswith("I") or upright.mode == "F":
+        import numpy as np
+
+        values = np.asarray(upright, dtype=np.float64)
+        top = 1.0 if upright.mode == "F" else 65535.0
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        upright = Image.fromarray(gray)
+    return upright.convert("RGB")
+
+
+def printable(name: str) -> str:
+    r"""A file name made valid text: bytes that are not UTF-8 (which Python keeps as surrogates)
+    shown as ``\xNN`` escapes.
+
+    >>> printable("caf\udce9.png")
+    'caf\\xe9.png'
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def default_transform(
@@ -165,7 +206,7 @@ def default_transform(
             config["input_size"] = (3, image_size, image_size)
         transform: Transform = create_transform(**config, is_training=False)
         return transform
-    size = image_size or 224
+    size = 224 if image_size is None else image_size
     standard: Transform = T.Compose(
         [
             T.Resize(round(size * 256 / 224)),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from featwrap.errors import FeatwrapError, FeatwrapValueError
 
-__all__ = ["DataError", "OutputError", "ResumeMismatchError"]
+__all__ = [
+    "DataError",
+    "OutputBusyError",
+    "OutputError",
+    "ResumeMismatchError",
+    "ResumeWarning",
+]
 
 
 class DataError(FeatwrapValueError):
@@ -17,3 +23,11 @@ class ResumeMismatchError(FeatwrapValueError):
 
 class OutputError(FeatwrapError, OSError):
     """The output directory cannot be created or written."""
+
+
+class OutputBusyError(OutputError):
+    """Another extraction is writing the output directory (one writer per output)."""
+
+
+class ResumeWarning(UserWarning):
+    """A resume adapted to what changed: samples computed again, the run's batch size kept."""

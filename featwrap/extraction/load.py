@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -14,7 +13,7 @@ import torch
 
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.layout import dtype_from_name, read_header
-from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output
+from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output, read_record
 from featwrap.extraction.tokens import jagged
 
 __all__ = ["Features", "layer_statistics", "load_features"]
@@ -133,8 +132,8 @@ def load_features(path: str | os.PathLike[str], layers: Sequence[str] | None = N
             f"{str(root)!r} holds no extracted features (no {MANIFEST_FILE}). Pass the output "
             "directory of featwrap.extract(..., out=DIR) or `featwrap extract --out DIR`."
         )
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-    file = root / manifest.get("file", FEATURES_FILE)
+    manifest = read_record(manifest_path)
+    file = root / str(manifest.get("file", FEATURES_FILE))
     tensors = _map_tensors(file)
     wanted = list(manifest.get("layers", tensors)) if layers is None else list(layers)
     for key in wanted:
@@ -153,14 +152,17 @@ def load_features(path: str | os.PathLike[str], layers: Sequence[str] | None = N
 
 
 def _map_tensors(file: Path) -> dict[str, torch.Tensor]:
-    size = file.stat().st_size
     try:
+        size = file.stat().st_size
         with open(file, "rb") as f:
             head = f.read(8)
             (n,) = struct.unpack("<Q", head)
             start, header = read_header(head + f.read(n))
     except (OSError, ValueError, struct.error) as error:
-        raise DataError(f"{str(file)!r} is not a readable safetensors file: {error}") from error
+        raise DataError(
+            f"{str(file)!r} is not a readable safetensors file ({error}). Run the extraction "
+            "again with overwrite=True (--overwrite) to compute it anew."
+        ) from error
     raw = torch.from_file(str(file), shared=False, size=size, dtype=torch.uint8) if size else None
     tensors: dict[str, torch.Tensor] = {}
     for key, entry in header.items():

@@ -25,13 +25,15 @@ from featwrap.extraction.data import (
     read_batch,
     resolve_source,
 )
-from featwrap.extraction.errors import DataError
+from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters
 from featwrap.extraction.layout import Layout
 from featwrap.extraction.load import Features, load_features
+from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.plan import Step, plan_batches
 from featwrap.extraction.pool import PoolSpec, pool_name, resolve_pools
 from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.resume import check_finished, reconcile, run_record
 from featwrap.extraction.rows import Forward, compute_rows, feature_forward
 from featwrap.extraction.sinks import FileSink, MemorySink, Sink
 from featwrap.extraction.speed import Speed, model_format
@@ -137,10 +139,12 @@ def extract(
     """
     if on_error not in _ON_ERROR:
         raise FeatwrapValueError(f"on_error={on_error!r} is not one of 'fail', 'skip'.")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise FeatwrapValueError(f"shard_size must be a positive int, got {shard_size!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise FeatwrapValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_sizes(shard_size=shard_size, batch_size=batch_size, image_size=image_size)
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise FeatwrapValueError(
+            f"num_workers={num_workers!r} (--num-workers {num_workers}) is not a number of "
+            "DataLoader workers: pass 0 (read in this process) or more, or leave it out (auto)."
+        )
     store_dtype = _dtype(dtype)
     speed = Speed.parse(autocast, channels_last, compile, pin_memory)
     resolved = _resolve_model(model, weights)
@@ -253,12 +257,21 @@ class _Job:
             ranks.close()
 
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
+        lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
+        _on_rank_zero(ranks, lock.acquire)
+        try:
+            return self._locked(output, overwrite, ranks)
+        finally:
+            lock.release()
+
+    def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
         opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
-        (state, layout), first_spec = ranks.broadcast((opened, spec))  # rank 0's, everywhere
+        (state, layout, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
+        self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
         n_shards = -(-self.n // self.shard_size)
         done = output.done_shards()
         mine = ranks.shards(n_shards)
@@ -272,23 +285,39 @@ class _Job:
         except Exception as e:
             error = e
         ranks.agree(error)
-        manifest = self._manifest(spec)
+        manifest = {**self._manifest(spec), "content_sha256": digest}
         ids, targets = self.source.ids, self.source.targets
         _on_rank_zero(ranks, lambda: output.finalize(layout, n_shards, ids, targets, manifest))
         return load_features(output.root)
 
-    def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, Layout]:
-        """Rank 0: check the directory against ``spec``; start or resume the run in it."""
-        state = output.start(spec, overwrite)
-        if state == "new":
-            layout = self._probe_layout()
-            output.create(spec, layout)
-            return state, layout
-        if state == "running":
-            layout = output.layout()
-            output.resume(layout)
-            return state, layout
-        return state, Layout(0, ())
+    def _open(
+        self, output: Output, spec: dict[str, Any], overwrite: bool
+    ) -> tuple[str, Layout, int, str]:
+        """Rank 0: check the directory against ``spec`` and the data; start or resume the run
+        in it. Returns the state, the file layout, the batch size and the data's digest."""
+        state = output.start(spec, overwrite, self.source.ids)
+        if state != "new":
+            try:
+                return self._reopen(output, state)
+            except ResumeMismatchError:  # the data changed since
+                if not overwrite:
+                    raise
+                output.remove_run()
+        layout = self._probe_layout()
+        record, digest = run_record(self.source, self.batch_size)
+        output.create(spec, layout, record)
+        return "new", layout, self.batch_size, digest
+
+    def _reopen(self, output: Output, state: str) -> tuple[str, Layout, int, str]:
+        if state == "complete":
+            check_finished(output, self.source)
+            return state, Layout(0, ()), self.batch_size, ""
+        layout = output.layout()
+        batch_size, notes, digest = reconcile(output, self.source, self.shard_size, self.batch_size)
+        for note in notes:
+            warnings.warn(note, ResumeWarning, stacklevel=4)
+        output.resume(layout)
+        return state, layout, batch_size, digest
 
     def _probe_layout(self) -> Layout:
         """Feature shapes and dtypes, from the first batch (kept: the loop does not compute it
@@ -354,12 +383,21 @@ class _Job:
         skipped: list[dict[str, Any]] = []
         shapes: dict[str, tuple[int, ...]] | None = None
         batches = iter(loader)
+        loaded = [s for s in steps if tuple(s.indices) not in self.ready]  # the loader's batches
+        read = 0
         for step in steps:
             ready = self.ready.pop(tuple(step.indices), None)
             if ready is not None:  # computed by the probe
                 indices, rows, failed = ready
             else:
-                indices, batch, failed = next(batches)
+                try:
+                    indices, batch, failed = next(batches)
+                except (RuntimeError, ConnectionError, EOFError) as error:
+                    if not _worker_death(error, loader.num_workers):
+                        raise
+                    ahead = max(1, loader.num_workers * (loader.prefetch_factor or 2))
+                    raise self._worker_died(loaded[read : read + ahead], error) from error
+                read += 1
                 rows = None if batch is None else self._rows(batch, indices)
             for index, problem in failed:
                 if self.on_error == "fail":
@@ -372,6 +410,20 @@ class _Job:
             if step.last:
                 sink.commit(step.shard, step.span, skipped)
                 skipped = []
+
+    def _worker_died(self, steps: list[Step], error: Exception) -> DataError:
+        """A worker process died (a crash in a decoder, the OOM killer): the samples it may
+        have been reading are those of the batches in flight."""
+        first, last = steps[0].indices[0], steps[-1].indices[-1]
+        ids = self.source.ids
+        cause = " ".join(str(error).split()).rstrip(".") + "."
+        return DataError(
+            f"A DataLoader worker died while reading samples {first} to {last} ({ids[first]!r} "
+            f"to {ids[last]!r}): {cause} One of them crashes the process that reads it (a "
+            "corrupt file, a crash in a library, or too little memory). Run with num_workers=0 "
+            "(--num-workers 0) to see the failure in this process; the shards already written "
+            "are kept."
+        )
 
     def _unreadable(self, index: int, problem: str) -> DataError:
         return DataError(
@@ -389,6 +441,7 @@ class _Job:
             "weights": self.model.weights,
             "parameters_sha256": _parameters_digest(self.model.module),
             "layers": dict(self.paths),
+            "layer_order": list(self.paths),  # the file's order (dicts compare without it)
             "pool": {k: pool_name(p) for k, p in self.pools.items()},
             "dtype": None if self.dtype is None else _dtype_name(self.dtype),
             "samples": self.n,
@@ -493,6 +546,14 @@ def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Ex
     )
 
 
+def _worker_death(error: Exception, workers: int) -> bool:
+    """Whether ``error``, raised by a DataLoader's ``next``, means that a worker died: PyTorch
+    says so, or the pipe to a worker broke (samples' own errors are caught in the worker)."""
+    if isinstance(error, RuntimeError):
+        return "DataLoader worker" in str(error)
+    return workers > 0
+
+
 def _check_shapes(
     rows: dict[str, torch.Tensor],
     shapes: dict[str, tuple[int, ...]] | None,
@@ -528,20 +589,60 @@ def _resolve_model(model: Any, weights: str | None) -> _Model:
     )
 
 
+def _check_sizes(**sizes: int | None) -> None:
+    """Each size given is a positive int (``None``: the default)."""
+    for name, value in sizes.items():
+        if value is None and name != "shard_size":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise FeatwrapValueError(
+                f"{name}={value!r} ({flag} {value}) must be a positive whole number, e.g. "
+                f"{_SIZE_EXAMPLES[name]}."
+            )
+
+
+_SIZE_EXAMPLES = {"shard_size": 1024, "batch_size": 32, "image_size": 224}
+
+
 def _device(device: Any, module: nn.Module, by_name: bool) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device is not None:
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except (RuntimeError, TypeError) as error:
             raise FeatwrapValueError(
-                f"device={device!r} is not a device ('cpu', 'cuda', 'cuda:1', 'mps')."
+                f"device={device!r} (--device {device}) is not a device ('cpu', 'cuda', "
+                "'cuda:1', 'mps')."
             ) from error
+        _check_available(chosen, device)
+        return chosen
     own = _module_device(module)
     if own is not None and (own.type != "cpu" or not by_name):
         return own
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_available(chosen: torch.device, given: Any) -> None:
+    """Raise if this machine has no such device (rather than failing inside the first forward)."""
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FeatwrapValueError(
+                f"device={str(given)!r} (--device {given}) is not available: this PyTorch sees no "
+                "CUDA GPU (torch.cuda.is_available() is False). Use device='cpu' (--device cpu)."
+            )
+        if chosen.index is not None and chosen.index >= count:
+            raise FeatwrapValueError(
+                f"device={str(given)!r} (--device {given}) is not available: this machine has "
+                f"{count} CUDA GPUs (cuda:0 to cuda:{count - 1})."
+            )
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise FeatwrapValueError(
+            f"device={str(given)!r} (--device {given}) is not available on this machine. Use "
+            "device='cpu' (--device cpu)."
+        )
 
 
 def _module_device(module: nn.Module) -> torch.device | None:
@@ -553,14 +654,22 @@ def _module_device(module: nn.Module) -> torch.device | None:
 
 
 def _dtype(dtype: Any) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if isinstance(value, torch.dtype):
-        return value
-    raise FeatwrapValueError(
-        f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'float16' or 'bfloat16'."
-    )
+    if dtype is None:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    value = dtype if isinstance(dtype, torch.dtype) else getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise FeatwrapValueError(
+            f"dtype={name!r} (--dtype {name}) is not a torch dtype; use e.g. 'float32', "
+            "'float16' or 'bfloat16'."
+        )
+    if not value.is_floating_point:
+        raise FeatwrapValueError(
+            f"dtype={name!r} (--dtype {name}) is not a floating-point dtype: features would be "
+            "truncated to whole numbers. Use 'float32', 'float16' or 'bfloat16', or leave it "
+            "out to keep the model's own dtype."
+        )
+    return value
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

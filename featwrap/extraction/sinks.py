@@ -16,6 +16,7 @@ import torch
 
 from featwrap.extraction import _testing
 from featwrap.extraction.layout import Layout, index_runs
+from featwrap.extraction.space import disk_full, is_disk_full, unwritten_bytes
 from featwrap.extraction.store import Output
 
 __all__ = ["FileSink", "MemorySink", "Sink"]
@@ -123,6 +124,11 @@ class FileSink:
                     _sync(self._fd)
                     self.output.commit(shard, span, skipped)
                     _testing.point("commit")
+            except OSError as error:
+                self._error = error
+                if is_disk_full(error):
+                    rest = unwritten_bytes(self.output.partial, self.layout.file_bytes)
+                    self._error = disk_full(self.output.root, error, "writing rows", rest)
             except BaseException as error:
                 self._error = error
 

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featwrap.extraction import _testing
-from featwrap.extraction.errors import OutputError, ResumeMismatchError
+from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
 from featwrap.extraction.layout import Layout, index_runs
+from featwrap.extraction.lock import LOCK_FILE
+from featwrap.extraction.space import check_space, disk_full, is_disk_full, unwritten_bytes
 
-__all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "write_atomic"]
+__all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "read_record", "write_atomic"]
 
 FEATURES_FILE = "features.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -37,10 +40,16 @@ _COPY_CHUNK = 64 << 20
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, flushed, then renamed over it."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise disk_full(path.parent, error, f"writing {path.name}", len(data)) from error
+        raise
     os.replace(tmp, path)
 
 
@@ -96,10 +105,10 @@ class Output:
     def previous_spec(self) -> tuple[str, dict[str, Any] | None]:
         """``("new" | "running" | "complete", the spec that run was started with)``."""
         if self.manifest.is_file():
-            return "complete", _read_json(self.manifest).get("run")
+            return "complete", read_record(self.manifest).get("run")
         if self.run_json.is_file():
-            return "running", _read_json(self.run_json)["spec"]
-        ours = {WORK_DIR, FEATURES_FILE, ".featwrap-write-test"}
+            return "running", read_record(self.run_json, "spec", "layout")["spec"]
+        ours = {WORK_DIR, FEATURES_FILE, ".featwrap-write-test", LOCK_FILE}
         foreign = [p.name for p in self.root.iterdir() if p.name not in ours]
         if foreign or self.features.exists():
             shown = ", ".join(sorted(foreign)[:3]) or FEATURES_FILE
@@ -109,19 +118,35 @@ class Output:
             )
         return "new", None
 
-    def start(self, spec: dict[str, Any], overwrite: bool) -> str:
+    def start(self, spec: dict[str, Any], overwrite: bool, ids: list[str] | None = None) -> str:
         """Check ``spec`` against what the directory holds: ``"new"``, ``"running"`` (resume) or
-        ``"complete"``. Raises :class:`ResumeMismatchError` if it holds another run."""
+        ``"complete"``. Raises :class:`ResumeMismatchError` if it holds another run (naming the
+        samples added or removed, from ``ids``, the samples' ids now)."""
         self.check_writable()
-        state, previous = self.previous_spec()
+        try:
+            state, previous = self.previous_spec()
+        except DataError:  # a corrupt record
+            if not overwrite:
+                raise
+            self.remove_run()
+            return "new"
         if state != "new" and previous != spec:
             if overwrite:
                 self.remove_run()
                 return "new"
             what = "finished" if state == "complete" else "started"
+            changes = describe_changes(previous or {}, spec)
+            before = self.previous_ids(state)
+            if ids is not None and before is not None and before != ids:
+                from featwrap.extraction.identity import sample_ids_change
+
+                changes = _ID_HASHES.sub("", changes).strip("; ")
+                changes = "; ".join(
+                    filter(None, [f"data: {sample_ids_change(before, ids)}", changes])
+                )
             raise ResumeMismatchError(
-                f"{str(self.root)!r} holds a run {what} with other arguments "
-                f"({describe_changes(previous or {}, spec)}). Run again with the original "
+                f"{str(self.root)!r} holds a run {what} with other arguments or data "
+                f"({changes}). Run again with the original "
                 "arguments to resume, pass overwrite=True (--overwrite) to start over, or choose "
                 "another output directory."
             )
@@ -131,6 +156,19 @@ class Output:
             shutil.rmtree(self.work)  # killed after the manifest, before the clean-up
         return state
 
+    def previous_ids(self, state: str) -> list[str] | None:
+        """The sample ids of the run the directory holds, when it recorded them."""
+        if state == "complete":
+            manifest = read_record(self.manifest)
+            if "ids" not in manifest:
+                return None
+            kept = iter(manifest["ids"])
+            skipped = {int(s["index"]): str(s["id"]) for s in manifest.get("skipped", [])}
+            n = len(manifest["ids"]) + len(skipped)
+            return [skipped[i] if i in skipped else next(kept) for i in range(n)]
+        samples = self.record().get("samples")
+        return None if samples is None else list(samples["ids"])
+
     def remove_run(self) -> None:
         """Delete featwrap's own files (never anything else)."""
         for path in (self.manifest, self.features):
@@ -138,11 +176,29 @@ class Output:
         if self.work.exists():
             shutil.rmtree(self.work)
 
-    def create(self, spec: dict[str, Any], layout: Layout) -> None:
-        """Start a new run: ``run.json``, then the allocated partial file (rank 0 only)."""
+    def create(
+        self, spec: dict[str, Any], layout: Layout, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Start a new run: ``run.json`` (``spec``, ``layout`` and ``extra`` entries), then the
+        allocated partial file (rank 0 only)."""
+        check_space(self.root, layout.file_bytes, f"the features file ({FEATURES_FILE})")
         self.shards.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.run_json, _dump({"spec": spec, "layout": layout.to_json()}))
+        record = {"spec": spec, "layout": layout.to_json(), **(extra or {})}
+        write_atomic(self.run_json, _dump(record))
         self.allocate(layout)
+
+    def record(self) -> dict[str, Any]:
+        """``run.json`` of the run in progress."""
+        return read_record(self.run_json, "spec", "layout")
+
+    def update_record(self, **entries: Any) -> None:
+        """Replace entries of ``run.json`` (written whole, as always)."""
+        write_atomic(self.run_json, _dump({**self.record(), **entries}))
+
+    def drop_shards(self, shards: list[int]) -> None:
+        """Forget committed shards (their rows are computed again)."""
+        for shard in shards:
+            (self.shards / f"{shard:06d}.json").unlink(missing_ok=True)
 
     def allocate(self, layout: Layout) -> None:
         for marker in self.shards.glob("*.json"):
@@ -156,7 +212,7 @@ class Output:
         os.replace(tmp, self.partial)
 
     def layout(self) -> Layout:
-        return Layout.from_json(_read_json(self.run_json)["layout"])
+        return Layout.from_json(read_record(self.run_json, "layout")["layout"])
 
     def resume(self, layout: Layout) -> None:
         """Make a resumed run consistent: a missing or wrong-sized partial file is allocated
@@ -165,13 +221,18 @@ class Output:
             return
         if not self.partial.is_file() or self.partial.stat().st_size != layout.file_bytes:
             self.allocate(layout)
+        rest = unwritten_bytes(self.partial, layout.file_bytes)
+        check_space(self.root, rest, f"the rest of the features file ({FEATURES_FILE})")
 
     # -- shards ----------------------------------------------------------------------------------
     def done_shards(self) -> dict[int, dict[str, Any]]:
         """The committed shards' markers ``{shard: {"rows": [a, b], "skipped": [...]}}``."""
         done: dict[int, dict[str, Any]] = {}
         for marker in self.shards.glob("*.json"):
-            done[int(marker.stem)] = _read_json(marker)
+            try:
+                done[int(marker.stem)] = read_record(marker, "rows", "skipped")
+            except (DataError, ValueError):
+                marker.unlink()  # damaged from outside (ours are written whole): computed again
         return done
 
     def commit(self, shard: int, rows: tuple[int, int], skipped: list[dict[str, Any]]) -> None:
@@ -236,7 +297,22 @@ class Output:
         """Copy the partial file without the rows of skipped samples, then swap it in."""
         keep = index_runs(i for i in range(layout.rows) if i not in gone)
         small = layout.with_rows(sum(b - a for a, b in keep))
+        what = f"assembling {FEATURES_FILE} without the {len(gone)} skipped samples (a copy)"
+        check_space(self.root, small.file_bytes, what)
         tmp = self.features.with_name(self.features.name + ".tmp")
+        try:
+            self._copy_rows(layout, small, keep, tmp)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(error):
+                raise disk_full(self.root, error, what, small.file_bytes) from error
+            raise
+        os.replace(tmp, self.features)
+        self.partial.unlink()
+
+    def _copy_rows(
+        self, layout: Layout, small: Layout, keep: list[tuple[int, int]], tmp: Path
+    ) -> None:
         with open(self.partial, "rb") as src, open(tmp, "wb") as dst:
             dst.write(small.header())
             dst.truncate(small.file_bytes)
@@ -248,8 +324,6 @@ class Output:
                 _testing.point("compact")
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(tmp, self.features)
-        self.partial.unlink()
 
 
 def _copy(src: Any, offset: int, n: int, dst: Any) -> None:
@@ -263,9 +337,26 @@ def _copy(src: Any, offset: int, n: int, dst: Any) -> None:
         n -= len(chunk)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    obj: dict[str, Any] = json.loads(path.read_text())
-    return obj
+def read_record(path: Path, *keys: str) -> dict[str, Any]:
+    """One of the run's JSON files, which must be an object holding ``keys``; a corrupt one
+    raises :class:`DataError` telling how to start over (the file is left as it is)."""
+    try:
+        obj = json.loads(path.read_bytes())
+        problem = "" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+        missing = [k for k in keys if not problem and k not in obj]
+        problem = problem or (f"no {missing[0]!r} entry" if missing else "")
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"not valid JSON: {error}"
+    if problem:
+        raise DataError(
+            f"{str(path)!r} is corrupt ({problem}), so the extraction in "
+            f"{str(path.parent)!r} cannot be read or resumed. Run it again with overwrite=True "
+            "(--overwrite) to compute it anew, or restore the file."
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+_ID_HASHES = re.compile(r"ids_sha256: \S+ -> [^;\s]+")
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:

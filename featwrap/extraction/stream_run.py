@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from featwrap.errors import FeatwrapValueError
-from featwrap.extraction.errors import DataError, ResumeMismatchError
+from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters, split_batch
 from featwrap.extraction.load import Features, load_features
+from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.pieces import MemoryPieces, PieceWriter, assemble, done_shards
 from featwrap.extraction.pool import Pool
 from featwrap.extraction.ranks import Ranks, join_ranks
@@ -91,9 +93,17 @@ class StreamJob:
             ranks.close()
 
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
+        lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
+        ranks.first(lock.acquire)
+        try:
+            return self._locked(output, overwrite, ranks)
+        finally:
+            lock.release()
+
+    def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = {**self.spec, **self.stream.spec()}
-        state = ranks.first(lambda: self._open(output, spec, overwrite))
-        state, first = ranks.broadcast((state, spec))
+        opened = ranks.first(lambda: self._open(output, spec, overwrite))
+        (state, batch_size), first = ranks.broadcast((opened, spec))
         ranks.agree(
             None
             if first == spec
@@ -104,6 +114,7 @@ class StreamJob:
         )
         if state == "complete":
             return load_features(output.root)
+        self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
         done = done_shards(output)
         error: Exception | None = None
         n_shards = 0
@@ -118,13 +129,25 @@ class StreamJob:
         ranks.first(lambda: self._finalize(output, n_shards, spec))
         return load_features(output.root)
 
-    def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> str:
-        """Rank 0: check the directory against ``spec``; start the run in it if it is new."""
+    def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, int]:
+        """Rank 0: check the directory against ``spec``; start the run in it if it is new.
+        Returns the state and the run's batch size (a resume keeps it: padding changes values)."""
         state = output.start(spec, overwrite)
         if state == "new":
             output.shards.mkdir(parents=True, exist_ok=True)
-            write_atomic(output.run_json, _dump({"spec": spec, "pieces": True}))
-        return state
+            record = {"spec": spec, "layout": None, "pieces": True, "batch_size": self.batch_size}
+            write_atomic(output.run_json, _dump(record))
+        if state != "running":
+            return state, self.batch_size
+        batch_size = int(json.loads(output.run_json.read_text()).get("batch_size", self.batch_size))
+        if batch_size != self.batch_size:
+            warnings.warn(
+                f"Resuming with the run's batch size {batch_size}, not {self.batch_size}: the "
+                "batches (their padding) must be those of the run being resumed.",
+                ResumeWarning,
+                stacklevel=5,
+            )
+        return state, batch_size
 
     def _check_files(self, done: dict[int, dict[str, Any]]) -> None:
         """A committed tar shard must be the same file now (size, modification time)."""

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from featwrap.extraction.errors import DataError
+from featwrap.extraction.identity import _hash_into as hash_into
 from featwrap.extraction.inputs import is_keyword_batch, pad_collate
 from featwrap.extraction.tars import decode_sample, is_tar_spec, read_tar, tar_paths
 
@@ -255,7 +256,7 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
             if isinstance(sample, Mapping) and "__key__" in sample:
                 sample = {k: v for k, v in sample.items() if k != "__key__"}
             content.update(key.encode() + b"\0")
-            _digest(content, sample)
+            hash_into(content, sample)
             keys.append(key)
             if self.computed(shard):
                 chunk.append((key, sample, None))
@@ -276,24 +277,6 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
             yield ("end", shard, identity)
         else:
             yield ("seen", shard, keys, identity)
-
-
-def _digest(content: Any, value: Any) -> None:
-    """Feed a sample's content (tensors' dtype, shape and bytes; other values' repr) to a hash:
-    a stream whose samples change between a kill and a resume is noticed."""
-    if isinstance(value, torch.Tensor):
-        data = value.detach().to("cpu").contiguous()
-        content.update(f"{data.dtype}{tuple(data.shape)}".encode())
-        content.update(data.reshape(-1).view(torch.uint8).numpy().data if data.numel() else b"")
-    elif isinstance(value, Mapping):
-        for key in sorted(value, key=str):
-            content.update(str(key).encode())
-            _digest(content, value[key])
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _digest(content, item)
-    else:
-        content.update(repr(value).encode())
 
 
 def _guarded(key: str, read: Callable[..., Any], *args: Any) -> tuple[str, Any, str | None]:
