@@ -65,6 +65,17 @@ def test_masked_pooling_against_each_sample_alone(encoder: TextEncoder, pool: st
     assert features.ids == [str(i) for i in range(len(SEQS))]
 
 
+@pytest.mark.parametrize("pool", ["avg", "none"])
+def test_transformer_fast_path_nested_outputs(pool: str) -> None:
+    torch.manual_seed(2)
+    fast = TextEncoder(nested=True).eval()
+    features = extract(fast, Texts(SEQS), ["encoder.layers.0"], pool=pool, batch_size=4)
+    for i, row in enumerate(alone(fast, ["encoder.layers.0"])):
+        expected = row["encoder.layers.0"]
+        expected = expected if pool == "none" else expected.mean(0)
+        torch.testing.assert_close(features["encoder.layers.0"][i], expected)
+
+
 def test_per_token_rows_in_memory_and_on_disk(encoder: TextEncoder, tmp_path: Path) -> None:
     paths = ["embed", "encoder.layers.1"]
     expected = alone(encoder, paths)

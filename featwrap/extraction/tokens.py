@@ -51,6 +51,8 @@ def token_pool(
     :func:`~featwrap.extraction.pool.apply_pool` does."""
     if callable(pool) or not isinstance(value, torch.Tensor) or mask is None:
         return apply_pool(pool, value, key)
+    if value.is_nested:  # nn.TransformerEncoder's fast path: the real tokens only
+        value = _padded(value, mask)
     if not is_token_feature(value, mask):
         return apply_pool(pool, value, key)
     real = mask.to(device=value.device, dtype=torch.bool)
@@ -76,6 +78,16 @@ def token_pool(
     else:
         index = torch.where(real, positions, -1).amax(1)
     return value[torch.arange(len(value), device=value.device), index.clamp(min=0)]
+
+
+def _padded(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A nested tensor of each sample's real tokens, placed where the ``(N, L)`` mask has them
+    (zeros on padding, which pooling never reads)."""
+    rows = value.unbind()
+    real = mask.to(device=rows[0].device, dtype=torch.bool)
+    padded = rows[0].new_zeros((len(rows), real.shape[1], *rows[0].shape[1:]))
+    padded[real] = torch.cat(rows)
+    return padded
 
 
 def jagged(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
