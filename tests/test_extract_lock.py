@@ -27,7 +27,7 @@ from featwrap.extraction import OutputBusyError
 from featwrap.extraction.lock import LOCK_FILE, OutputLock
 
 #: Long enough for any loaded machine; a hang still ends the test, with a clear failure.
-PATIENCE = 600
+PATIENCE = 1800
 
 
 def tiny() -> nn.Module:

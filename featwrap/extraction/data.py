@@ -86,14 +86,22 @@ def find_images(root: Path) -> tuple[list[Path], list[str] | None]:
         )
     keyed: list[tuple[tuple[str, str, str], Path]] = []
     others = 0
-    seen: set[tuple[int, int]] = set()  # folders already walked: symlinks never loop
+    # Symlinked folders are followed, each folder once: a link to a folder inside ``root`` is
+    # left to the folder's own path (a link back up would loop), and a folder outside it that
+    # several links reach is read through the first of them, in sorted order.
+    inside = root.resolve()
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         folder = os.stat(dirpath)
         if (folder.st_dev, folder.st_ino) in seen:
             dirnames[:] = []
             continue
         seen.add((folder.st_dev, folder.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # first visit wins
+        dirnames[:] = [
+            d
+            for d in sorted(dirnames)
+            if not d.startswith(".") and not _link_into(os.path.join(dirpath, d), inside)
+        ]
         parent = Path(dirpath)
         rel_dir = parent.relative_to(root).as_posix()
         top = "" if rel_dir == "." else rel_dir.split("/", 1)[0]
@@ -122,6 +130,11 @@ def find_images(root: Path) -> tuple[list[Path], list[str] | None]:
     # so that the class indices match); hidden folders are not.
     folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     return paths, sorted(folders | {key[0] for key, _ in keyed})
+
+
+def _link_into(path: str, root: Path) -> bool:
+    """Whether ``path`` is a symlink to a folder inside ``root`` (or to ``root`` itself)."""
+    return os.path.islink(path) and Path(path).resolve().is_relative_to(root)
 
 
 class ImageFolderData(Dataset[Any]):

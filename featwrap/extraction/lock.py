@@ -83,9 +83,12 @@ class OutputLock:
             raise
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": stamp}
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.write(self._fd, json.dumps(holder).encode())
+        try:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, json.dumps(holder).encode())
+        except OSError:
+            pass  # who holds it is only for the message of a second run (a full disk, say)
 
     def _lock_file(self) -> int:
         """Open and lock the file; retry if it was replaced while we waited for it."""
@@ -117,6 +120,8 @@ class OutputLock:
             return
         try:
             self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # Windows cannot remove an open file: it stays, unlocked, which is harmless
         finally:
             os.close(self._fd)  # closing drops the lock
             self._fd = -1
