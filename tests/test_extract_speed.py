@@ -85,6 +85,7 @@ def test_autocast_on_tokens() -> None:
 def test_channels_last_and_pinned_memory_on_cpu(images: torch.Tensor) -> None:
     net = make_net()
     expected = by_hand(net, images)
+    net[0].weight.data = net[0].weight.data.contiguous(memory_format=torch.channels_last)
     formats: list[bool] = []
     hook = net[3].register_forward_pre_hook(
         lambda m, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last))
@@ -98,7 +99,9 @@ def test_channels_last_and_pinned_memory_on_cpu(images: torch.Tensor) -> None:
     assert all(formats)
     for key, value in expected.items():
         torch.testing.assert_close(features[key], value)
-    for p in net.parameters():  # left as found
+    assert not net[0].weight.is_contiguous()  # left as found: this one was channels_last
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for p in net[1:].parameters():  # and these were not
         assert p.is_contiguous()
 
 

@@ -91,18 +91,27 @@ class Speed:
 
 
 class model_format:
-    """The module's parameters in channels_last during the run, contiguous again afterwards."""
+    """The module's 4-D parameters and buffers in channels_last during the run, each in its own
+    format again afterwards."""
 
     def __init__(self, module: nn.Module, speed: Speed) -> None:
         self.module, self.on = module, speed.channels_last
+        self.formats: list[tuple[torch.Tensor, torch.memory_format]] = []
 
     def __enter__(self) -> None:
-        if self.on:
-            self.module.to(memory_format=torch.channels_last)
+        if not self.on:
+            return
+        for tensor in [*self.module.parameters(), *self.module.buffers()]:
+            if tensor.ndim == 4:
+                last = tensor.is_contiguous(memory_format=torch.channels_last)
+                own = torch.channels_last if last and not tensor.is_contiguous() else None
+                self.formats.append((tensor, own or torch.contiguous_format))
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
 
     def __exit__(self, *exc: object) -> None:
-        if self.on:
-            self.module.to(memory_format=torch.contiguous_format)
+        for tensor, memory_format in self.formats:
+            tensor.data = tensor.data.contiguous(memory_format=memory_format)
+        self.formats = []
 
 
 def _channels_last(value: Any) -> Any:
