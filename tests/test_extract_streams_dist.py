@@ -65,3 +65,49 @@ def test_torchrun_tar_shards_equal_one_process(tmp_path: Path) -> None:
     assert (two / "features.safetensors").read_bytes() == (
         tmp_path / "one" / "features.safetensors"
     ).read_bytes()
+
+
+SCRIPT = """
+import sys
+import torch
+torch.set_num_threads(1)
+from featwrap import extract
+from tests.text_models import TextEncoder, TextStream, sequences
+torch.manual_seed(2)
+extract(TextEncoder().eval(), TextStream(sequences(17)), ["embed", "encoder.layers.1"],
+        out=sys.argv[1], pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3)
+"""
+
+
+def test_torchrun_iterable_dataset_equal_one_process(tmp_path: Path) -> None:
+    """Every rank reads the stream and computes its own shards (6 shards: 3 each)."""
+    from tests.text_models import TextEncoder, TextStream, sequences
+
+    script = tmp_path / "stream_extract.py"
+    script.write_text(SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [*torchrun, str(script), str(two)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(2)
+        one = featwrap.extract(
+            TextEncoder().eval(), TextStream(sequences(17)), ["embed", "encoder.layers.1"],
+            out=tmp_path / "one", pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    parallel = featwrap.load_features(two)
+    assert parallel.ids == one.ids == [f"text{i:03d}" for i in range(17)]
+    assert torch.equal(parallel["embed"].values(), one["embed"].values())
+    assert torch.equal(parallel["embed"].offsets(), one["embed"].offsets())
+    assert torch.equal(parallel["encoder.layers.1"], one["encoder.layers.1"])
+    assert (two / "features.safetensors").read_bytes() == (
+        tmp_path / "one" / "features.safetensors"
+    ).read_bytes()
