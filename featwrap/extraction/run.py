@@ -315,7 +315,7 @@ class _Job:
         layout = output.layout()
         batch_size, notes, digest = reconcile(output, self.source, self.shard_size, self.batch_size)
         for note in notes:
-            warnings.warn(note, ResumeWarning, stacklevel=4)
+            warnings.warn(note, ResumeWarning, stacklevel=_caller_level())
         output.resume(layout)
         return state, layout, batch_size, digest
 
@@ -544,6 +544,14 @@ def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Ex
         f"Rank {rank} was started with other arguments or data than rank 0 "
         f"({describe_changes(first, mine)}). Start every process with the same arguments."
     )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside featwrap (a warning shows the user's line)."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("featwrap"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _worker_death(error: Exception, workers: int) -> bool:
