@@ -1,6 +1,12 @@
-"""Throughput of featwrap.extract against a bare loop of plain forwards over the same DataLoader.
+"""Throughput of featwrap.extract against the best bare loop of plain forwards with the same
+settings (autocast dtype, channels_last, pinned memory and non-blocking copies on CUDA) over the
+same DataLoader.
 
     uv run pytest benchmarks/test_extract_throughput.py -s
+    BENCH_MODEL=resnet50 BENCH_SIZE=224 BENCH_N=2048 uv run pytest benchmarks/... -s -k bf16  # GPU
+
+``BENCH_MODEL`` is a torchvision model (``resnet18``, ``resnet50``, ``vit_b_16``), ``BENCH_DEVICE``
+the device (default: CUDA when available).
 
 Rounds interleave the bare loop, extract to disk and extract in memory (each in every position in
 turn), so that all see the same machine;
@@ -21,15 +27,22 @@ from typing import Any
 
 import pytest
 import torch
+import torchvision
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models import resnet18
 
 from featwrap import extract
 
 N = int(os.environ.get("BENCH_N", "128"))
 SIZE = int(os.environ.get("BENCH_SIZE", "160"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
-LAYERS = ["maxpool", "layer3.0.downsample.1", "avgpool", "logits"]
+MODEL = os.environ.get("BENCH_MODEL", "resnet18")
+DEVICE = torch.device(
+    os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+)
+LAYERS = {
+    "vit_b_16": ["encoder.layers.encoder_layer_5", "encoder.ln", "logits"],
+}.get(MODEL, ["maxpool", "layer3.0.downsample.1", "avgpool", "logits"])
+SETTINGS = {"fp32": {}, "bf16": {"autocast": "bfloat16", "channels_last": True}}
 
 
 class Images(Dataset[tuple[torch.Tensor, int]]):
@@ -55,23 +68,37 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.perf_counter() - wall, _cpu() - cpu
 
 
+@pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("pool", ["none", "avg"])
-def test_extract_vs_bare_loop(benchmark: Any, tmp_path: Path, pool: str) -> None:
+def test_extract_vs_bare_loop(benchmark: Any, tmp_path: Path, pool: str, setting: str) -> None:
     torch.manual_seed(0)
-    model = resnet18(weights=None).eval()
-    loader = DataLoader(Images(), batch_size=32, num_workers=2)
+    model = getattr(torchvision.models, MODEL)(weights=None).eval().to(DEVICE)
+    options: dict[str, Any] = SETTINGS[setting]
+    cuda = DEVICE.type == "cuda"
+    loader = DataLoader(Images(), batch_size=32, num_workers=2, pin_memory=cuda)
+    autocast = getattr(torch, options.get("autocast", "float32"))
+    channels_last = options.get("channels_last", False)
 
-    def bare() -> None:
-        with torch.no_grad():
+    def bare() -> None:  # the best plain loop with the same settings
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
             for x, _ in loader:
-                model(x)
+                x = x.to(DEVICE, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(DEVICE.type, dtype=autocast, enabled="autocast" in options):
+                    model(x)
+        if cuda:
+            torch.cuda.synchronize()
+        model.to(memory_format=torch.contiguous_format)
 
     def to_disk() -> None:
-        extract(model, loader, LAYERS, out=tmp_path / "out", pool=pool)
+        extract(model, loader, LAYERS, out=tmp_path / "out", pool=pool, device=DEVICE, **options)
         shutil.rmtree(tmp_path / "out")
 
     def in_memory() -> None:
-        extract(model, loader, LAYERS, pool=pool)
+        extract(model, loader, LAYERS, pool=pool, device=DEVICE, **options)
 
     runs: dict[str, list[tuple[float, float]]] = {"bare loop": [], "to disk": [], "in memory": []}
 
@@ -85,8 +112,9 @@ def test_extract_vs_bare_loop(benchmark: Any, tmp_path: Path, pool: str) -> None
     benchmark.pedantic(compare, rounds=1, iterations=1)
     wall0 = statistics.median(w for w, _ in runs["bare loop"])
     cpu0 = statistics.median(c for _, c in runs["bare loop"])
-    print(f"\nresnet18 {LAYERS}, pool={pool}: {N} images {SIZE}px, batch 32, 2 workers, "
-          f"{torch.get_num_threads()} threads, {ROUNDS} rounds (medians)")  # fmt: skip
+    print(f"\n{MODEL} {LAYERS} on {DEVICE}, {setting} {options}, pool={pool}: {N} images "
+          f"{SIZE}px, batch 32, 2 workers, {torch.get_num_threads()} threads, {ROUNDS} rounds "
+          "(medians)")  # fmt: skip
     for name, times in runs.items():
         wall = statistics.median(w for w, _ in times)
         cpu = statistics.median(c for _, c in times)

@@ -70,13 +70,17 @@ class Pooling(Option):
     """How :func:`featwrap.extract` pools a layer's features before storing them.
 
     ``avg`` and ``max`` reduce every dimension after the channel one (NCHW, NCL, NCDHW layouts)
-    and leave 2-D outputs as they are; ``flatten`` keeps one vector per sample.
+    and leave 2-D outputs as they are; ``flatten`` keeps one vector per sample; ``first`` and
+    ``last`` take the first or last position of dim 1 (a ViT's class token). Token features
+    ``(N, L, D)`` with an attention mask are pooled over the real tokens only.
     """
 
     NONE = "none"
     AVG = "avg"
     MAX = "max"
     FLATTEN = "flatten"
+    FIRST = "first"
+    LAST = "last"
 
 
 class OnError(Option):

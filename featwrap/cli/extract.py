@@ -55,7 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--data",
         default=None,
-        help="a folder of images (recursive; flat or one subfolder per class) or one image "
+        help="a folder of images (recursive; flat or one subfolder per class), one image, or "
+        "webdataset-style tar shards ('shards/shard-{000..099}.tar', read shard by shard) "
         "(default: the sample images shipped with featwrap)",
     )
     p.add_argument("--out", default="features", help="output directory (default: %(default)s)")
@@ -93,6 +94,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         default=None,
         help="store floating features as this dtype, e.g. float16 (default: as computed)",
     )
+    p.add_argument(
+        "--autocast",
+        default=None,
+        choices=("bfloat16", "float16"),
+        help="run the forwards under autocast (mixed precision) in this dtype",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="model and images in channels_last format"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
     p.add_argument(
         "--on-error",
         choices=OnError.choices(),
@@ -200,6 +211,9 @@ def _run(args: argparse.Namespace) -> int:
                 shard_size=args.shard_size,
                 overwrite=args.overwrite,
                 progress=False if args.quiet else None,
+                autocast=args.autocast,
+                channels_last=args.channels_last,
+                compile=args.compile,
             )
     except KeyboardInterrupt:
         print(

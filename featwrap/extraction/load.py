@@ -15,6 +15,7 @@ from featwrap._text import dtype_name, table
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.layout import dtype_from_name, read_header
 from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output, read_record
+from featwrap.extraction.tokens import jagged
 
 __all__ = ["Features", "layer_statistics", "load_features"]
 
@@ -134,6 +135,9 @@ def load_features(path: str | os.PathLike[str], layers: Sequence[str] | None = N
     for key in wanted:
         if key not in tensors:
             raise DataError(f"{key!r} is not a layer of {str(root)!r}; it holds {list(tensors)}.")
+        offsets = manifest.get("layers", {}).get(key, {}).get("offsets")
+        if offsets is not None:  # per-token rows: the tokens, cut per sample by the offsets
+            tensors[key] = jagged(tensors[key], tensors[offsets])
     return Features(
         {k: tensors[k] for k in wanted},
         manifest.get("ids", []),
@@ -188,6 +192,8 @@ def layer_statistics(
     for key, tensor in features.items():
         acc = _Moments()
         x = tensor.detach()
+        if x.is_nested:  # per-token rows: statistics over every token
+            x = x.values()
         if x.ndim == 0:
             x = x.reshape(1)
         n = len(x)

@@ -27,7 +27,9 @@ PoolSpec: TypeAlias = Pool | Mapping[str, Pool]
 
 #: The names of :class:`~featwrap.Pooling`: ``avg``/``max`` reduce every dimension after the
 #: channel one (NCHW, NCL, NCDHW layouts) and leave 2-D outputs as they are; ``flatten`` keeps one
-#: vector per sample.
+#: vector per sample; ``first``/``last`` take the first/last position of dim 1 (a ViT's class
+#: token). Token features ``(N, L, D)`` of a batch with an attention mask are pooled over the real
+#: tokens instead (``tokens.py``).
 POOLS = Pooling.choices()
 
 
@@ -98,5 +100,7 @@ def apply_pool(pool: Pool, value: Any, key: str) -> torch.Tensor:
         return value.flatten(1) if value.ndim > 1 else value
     if value.ndim <= 2:
         return value
+    if pool in ("first", "last"):
+        return value[:, 0 if pool == "first" else -1]
     dims = tuple(range(2, value.ndim))
     return value.mean(dim=dims) if pool == "avg" else value.amax(dim=dims)

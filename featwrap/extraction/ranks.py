@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,8 @@ import torch.distributed as dist
 from featwrap.errors import FeatwrapError
 
 __all__ = ["Ranks", "join_ranks"]
+
+T = TypeVar("T")
 
 # A rank waits for the others at the start and at the end; they may take a while (a slow rank, a
 # long shard). torchrun stops every rank when one fails, so a long timeout does not hang a crash.
@@ -69,6 +72,18 @@ class Ranks:
                 if isinstance(cls, type) and issubclass(cls, FeatwrapError):
                     raise cls(message)
                 raise RuntimeError(f"extraction failed on rank {rank}: {cls.__name__}: {message}")
+
+    def first(self, work: Callable[[], T]) -> T:
+        """Rank 0 does ``work``; every rank waits, and raises its error if it failed."""
+        result: Any = None
+        error = None
+        if self.rank == 0:
+            try:
+                result = work()
+            except Exception as e:
+                error = e
+        self.agree(error)
+        return result  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self.created_group and dist.is_initialized():

@@ -11,6 +11,7 @@ from torch import nn
 from featwrap._options import OUTPUT_KEY
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError, LayerSpecError
 from featwrap.extraction.pool import Pool, apply_pool
+from featwrap.extraction.speed import HostRows, finish, to_host
 from featwrap.layers import Capture, LayerSpec, resolve_layers
 from featwrap.model import FeatureModel
 
@@ -19,8 +20,8 @@ __all__ = ["OUTPUT", "Forward", "compute_rows", "feature_forward"]
 #: In ``layers``, the model's own output (unless the model has a submodule of that name).
 OUTPUT = OUTPUT_KEY
 
-#: ``forward(inputs) -> {key: value}``
-Forward = Callable[[Any], Mapping[str, Any]]
+#: ``forward(inputs) -> {key: value}`` (keyword inputs: ``forward(**inputs)``)
+Forward = Callable[..., Mapping[str, Any]]
 
 
 def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forward, dict[str, str]]:
@@ -65,7 +66,7 @@ def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forwar
         if output_key is None:
             raise LayerSpecError("layers is empty: name at least one layer path or 'logits'.")
         key = output_key
-        return (lambda x: {key: module(x)}), paths
+        return (lambda *args, **kwargs: {key: module(*args, **kwargs)}), paths
     spec: LayerSpec = (
         {p: a or p for p, a in hooked} if isinstance(layers, Mapping) else [p for p, _ in hooked]
     )
@@ -81,7 +82,8 @@ def compute_rows(
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """Run ``forward`` on ``inputs`` (moved to ``device``); each feature pooled, cast to ``dtype``
-    (floating-point features only) and on CPU, contiguous, ``n`` rows."""
+    (floating-point features only) and copied to the host, contiguous, ``n`` rows (from CUDA the
+    copies may still be in flight: ``HostRows.wait()`` before reading them)."""
     with torch.no_grad():
         out = forward(_to(inputs, device))
         rows: dict[str, torch.Tensor] = {}
@@ -95,8 +97,8 @@ def compute_rows(
                 )
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
-            rows[key] = value.detach().to("cpu").contiguous()
-        return rows
+            rows[key] = to_host(value.detach())
+        return finish(HostRows(rows), device)
 
 
 def _to(inputs: Any, device: torch.device) -> Any:

@@ -21,6 +21,7 @@ from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.extraction.data import (
     Source,
     default_transform,
+    describe,
     first_readable,
     make_loader,
     model_input,
@@ -28,6 +29,7 @@ from featwrap.extraction.data import (
     resolve_source,
 )
 from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
+from featwrap.extraction.inputs import Parameters
 from featwrap.extraction.layout import Layout
 from featwrap.extraction.load import Features, load_features
 from featwrap.extraction.lock import OutputLock
@@ -37,7 +39,10 @@ from featwrap.extraction.ranks import Ranks, join_ranks
 from featwrap.extraction.resume import check_finished, reconcile, run_record
 from featwrap.extraction.rows import Forward, compute_rows, feature_forward
 from featwrap.extraction.sinks import FileSink, MemorySink, Sink
+from featwrap.extraction.speed import Speed, model_format
 from featwrap.extraction.store import FEATURES_FILE, Output
+from featwrap.extraction.stream_run import StreamJob
+from featwrap.extraction.streams import Stream, open_stream
 from featwrap.hub import LoadedModel, load_model_noted
 from featwrap.layers import LayerSpec
 from featwrap.model import FeatureModel
@@ -76,6 +81,10 @@ def extract(
     shard_size: int = 1024,
     overwrite: bool = False,
     progress: bool | None = False,
+    autocast: torch.dtype | str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    pin_memory: bool | None = None,
 ) -> Features:
     """Run ``model`` over ``data`` and keep the features of ``layers``, one row per sample.
 
@@ -86,14 +95,21 @@ def extract(
             when cached locally, else seeded random ones, with a warning).
         data: a DataLoader (its dataset, batch size, collate_fn and worker settings are used; its
             sampler is not: rows come in dataset order), a map-style Dataset, or a folder of images
-            (searched recursively; flat or one subfolder per class) or one image file.
+            (searched recursively; flat or one subfolder per class) or one image file; or, read
+            shard by shard: an ``IterableDataset``, webdataset-style tar shards (a brace pattern
+            ``"shards/s-{000..099}.tar"``, a list of paths) or a Dataset of dict samples.
+            Dict samples go to the model as keyword arguments (the keys its forward names),
+            variable-length sequences padded, with an ``attention_mask``.
         layers: module paths, globs or ``{path: alias}`` as for FeatureModel; ``"logits"`` (when no
             submodule has that name) is the model's own output.
         out: ``None`` returns the features in memory; a directory streams them to disk
             (``features.safetensors`` and ``manifest.json``), resuming a run killed before it
             finished, and returns them memory-mapped.
-        pool: ``"none"``, ``"avg"``, ``"max"``, ``"flatten"`` or a callable, for every layer or as
-            ``{layer key: pool}``; ``avg``/``max`` reduce the dims after the channel dim.
+        pool: ``"none"``, ``"avg"``, ``"max"``, ``"flatten"``, ``"first"``, ``"last"`` or a
+            callable, for every layer or as ``{layer key: pool}``; ``avg``/``max`` reduce the dims
+            after the channel dim. Token features ``(N, L, D)`` of a batch with an attention mask
+            are pooled over the real tokens; with ``"none"`` they are kept per token (a jagged
+            nested tensor: ``features[key][i]`` is sample ``i``'s ``(length, D)``).
         dtype: store floating-point features in this dtype (``torch.float16``, ``"bfloat16"``).
         device: where the model runs (default: the module's device; for a model name, CUDA when
             available). Under ``torchrun`` each process uses ``cuda:LOCAL_RANK``.
@@ -110,6 +126,11 @@ def extract(
         overwrite: when ``out`` holds a run with other arguments, delete it and start over
             (only featwrap's own files are deleted).
         progress: show a progress bar (``None``: when stderr is a terminal).
+        autocast: run the forwards under autocast in this dtype (``"bfloat16"``, ``"float16"``).
+        channels_last: the model and 4-D inputs in ``torch.channels_last`` memory format.
+        compile: ``torch.compile`` the forward.
+        pin_memory: batches through pinned memory, copied without blocking (default: on CUDA;
+            ignored without CUDA).
 
     Returns:
         :class:`~featwrap.Features`: ``{layer key: tensor (rows, ...)}`` with ``ids``.
@@ -125,20 +146,35 @@ def extract(
             "DataLoader workers: pass 0 (read in this process) or more, or leave it out (auto)."
         )
     store_dtype = _dtype(dtype)
+    speed = Speed.parse(autocast, channels_last, compile, pin_memory)
     resolved = _resolve_model(model, weights)
     module = resolved.module
     run_device = _device(device, module, by_name=isinstance(model, str))
-    source = resolve_source(
-        data, lambda: transform or default_transform(module, resolved.preset, image_size)
-    )
+
+    def images() -> Callable[[Any], Any]:
+        return transform or default_transform(module, resolved.preset, image_size)
+
+    stream = open_stream(data, images, shard_size, describe)
     forward, paths = feature_forward(module, layers)
     keys = list(paths)
     pools = resolve_pools(pool, keys)
+    fast = speed.wrap(forward, run_device)
+    if stream is not None:
+        stream_job = _stream_job(
+            stream, resolved, fast, paths, pools, store_dtype, run_device, batch_size,
+            num_workers, on_error, progress, speed,
+        )  # fmt: skip
+        with _prepared(module, run_device, forward), model_format(module, speed):
+            if out is None:
+                return stream_job.in_memory()
+            return stream_job.to_directory(Path(out), overwrite)
+    source = resolve_source(data, images)
     job = _Job(
-        resolved, source, forward, paths, pools, store_dtype, run_device,
+        resolved, source, fast, paths, pools, store_dtype, run_device,
         batch_size or source.batch_size or 32, num_workers, on_error, shard_size, progress,
+        speed=speed,
     )  # fmt: skip
-    with _prepared(module, run_device, forward):
+    with _prepared(module, run_device, forward), model_format(module, speed):
         if out is None:
             return job.in_memory()
         return job.to_directory(Path(out), overwrite)
@@ -179,6 +215,7 @@ class _Job:
     on_error: str
     shard_size: int
     progress: bool | None
+    speed: Speed = field(default_factory=Speed)
     #: batches already computed (by the probe), by their indices
     ready: dict[tuple[int, ...], _Computed] = field(default_factory=dict)
 
@@ -311,7 +348,7 @@ class _Job:
             self.source,
             [s.indices for s in steps if tuple(s.indices) not in self.ready],
             self.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.speed.pins(self.device),
         )
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         total = done_rows + sum(len(s.indices) for s in steps)
@@ -408,6 +445,7 @@ class _Job:
             "ids_sha256": ids,
             "transform": self.source.transform,
             "shard_size": self.shard_size,
+            **self.speed.spec(),
         }
 
     def _manifest(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -432,6 +470,49 @@ class _Job:
         if spec is not None:
             manifest["run"] = spec
         return manifest
+
+
+def _stream_job(
+    stream: Stream,
+    model: _Model,
+    forward: Forward,
+    paths: dict[str, str],
+    pools: dict[str, Any],
+    dtype: torch.dtype | None,
+    device: torch.device,
+    batch_size: int | None,
+    num_workers: int | None,
+    on_error: str,
+    progress: bool | None,
+    speed: Speed,
+) -> StreamJob:
+    """The job for data read shard by shard, with the model's part of its spec and manifest."""
+    from featwrap._version import __version__
+
+    spec = {
+        "model": model.name,
+        "weights": model.weights,
+        "parameters_sha256": _parameters_digest(model.module),
+        "layers": dict(paths),
+        "pool": {k: pool_name(p) for k, p in pools.items()},
+        "dtype": None if dtype is None else _dtype_name(dtype),
+        **speed.spec(),
+    }
+    manifest = {
+        "format": "featwrap-features/1",
+        "file": FEATURES_FILE,
+        "featwrap": __version__,
+        "torch": torch.__version__,
+        "model": model.name,
+        "weights": model.weights,
+        "pretrained": model.pretrained,
+        "layers": {k: {"path": p, "pool": pool_name(pools[k])} for k, p in paths.items()},
+    }
+    return StreamJob(
+        stream, forward, paths, pools, dtype, device,
+        batch_size or stream.batch_size or 32, num_workers, on_error, progress,
+        Parameters.of(model.module), speed, spec, manifest,
+    )  # fmt: skip
 
 
 T = TypeVar("T")

@@ -39,6 +39,7 @@ class MemorySink:
         self.skipped: list[dict[str, Any]] = []
 
     def write(self, indices: list[int], rows: dict[str, torch.Tensor]) -> None:
+        getattr(rows, "wait", _nothing)()  # device-to-host copies in flight
         if not self.tensors:
             self.tensors = {
                 k: torch.empty((self.n, *v.shape[1:]), dtype=v.dtype) for k, v in rows.items()
@@ -64,6 +65,10 @@ class MemorySink:
 
 
 _STOP = object()
+
+
+def _nothing() -> None:
+    pass
 
 
 class FileSink:
@@ -131,6 +136,7 @@ class FileSink:
                 self._error = error
 
     def _write(self, indices: list[int], rows: dict[str, torch.Tensor]) -> None:
+        getattr(rows, "wait", _nothing)()  # device-to-host copies in flight
         base = self.layout.data_start
         for key, value in rows.items():
             layer = self.layout[key]

@@ -1,0 +1,113 @@
+"""Tar shards under torchrun (2 CPU processes, gloo): the same output as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import featwrap
+from featwrap.cli import main
+from tests.streams_data import write_shards
+
+SIZES = [3, 5, 2, 4, 3]  # rank 0 takes shards 0, 2 and 4, rank 1 shards 1 and 3
+
+
+def test_torchrun_tar_shards_equal_one_process(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "shards", SIZES)
+    pattern = str(tmp_path / "shards" / "shard-{00..04}.tar")
+    (tmp_path / "tiny_model.py").write_text(
+        "from torch import nn\n\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3), "
+        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))\n"
+    )
+
+    def argv(out: Path) -> list[str]:
+        return ["extract", "--model", "tiny_model:build", "--weights", "none", "--layers",
+                "0,3,logits", "--data", pattern, "--out", str(out), "--batch-size", "2",
+                "--image-size", "12", "--num-workers", "0", "--quiet"]  # fmt: skip
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    done = subprocess.run(
+        [*torchrun, "-m", "featwrap", *argv(two)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process: bit-identical values
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(argv(tmp_path / "one")) == 0
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tiny_model", None)
+        torch.set_num_threads(threads)
+
+    one, parallel = featwrap.load_features(tmp_path / "one"), featwrap.load_features(two)
+    assert parallel.ids == one.ids == keys  # none padded, none lost, in shard order
+    assert parallel.targets == [i % 3 for i in range(len(keys))]
+    for key in ("0", "3", "logits"):
+        assert parallel[key].shape[0] == len(keys)
+        assert torch.equal(parallel[key], one[key]), key
+    assert json.loads((two / "manifest.json").read_text()) == one.manifest
+    assert sorted(p.name for p in two.iterdir()) == ["features.safetensors", "manifest.json"]
+    assert (two / "features.safetensors").read_bytes() == (
+        tmp_path / "one" / "features.safetensors"
+    ).read_bytes()
+
+
+SCRIPT = """
+import sys
+import torch
+torch.set_num_threads(1)
+from featwrap import extract
+from tests.text_models import TextEncoder, TextStream, sequences
+torch.manual_seed(2)
+extract(TextEncoder().eval(), TextStream(sequences(17)), ["embed", "encoder.layers.1"],
+        out=sys.argv[1], pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3)
+"""
+
+
+def test_torchrun_iterable_dataset_equal_one_process(tmp_path: Path) -> None:
+    """Every rank reads the stream and computes its own shards (6 shards: 3 each)."""
+    from tests.text_models import TextEncoder, TextStream, sequences
+
+    script = tmp_path / "stream_extract.py"
+    script.write_text(SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [*torchrun, str(script), str(two)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(2)
+        one = featwrap.extract(
+            TextEncoder().eval(), TextStream(sequences(17)), ["embed", "encoder.layers.1"],
+            out=tmp_path / "one", pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    parallel = featwrap.load_features(two)
+    assert parallel.ids == one.ids == [f"text{i:03d}" for i in range(17)]
+    assert torch.equal(parallel["embed"].values(), one["embed"].values())
+    assert torch.equal(parallel["embed"].offsets(), one["embed"].offsets())
+    assert torch.equal(parallel["encoder.layers.1"], one["encoder.layers.1"])
+    assert (two / "features.safetensors").read_bytes() == (
+        tmp_path / "one" / "features.safetensors"
+    ).read_bytes()
