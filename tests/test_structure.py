@@ -34,6 +34,7 @@ CORE = [
     "featwrap._layout",
     "featwrap.maps",
     "featwrap._capture",
+    "featwrap.edit",
     "featwrap.layers",
     "featwrap._dryrun",
     "featwrap.info",

@@ -495,7 +495,7 @@ def _stream_job(
         "parameters_sha256": _parameters_digest(model.module),
         "layers": dict(paths),
         "pool": {k: pool_name(p) for k, p in pools.items()},
-        "dtype": None if dtype is None else _dtype_name(dtype),
+        "dtype": None if dtype is None else dtype_name(dtype),
         **speed.spec(),
     }
     manifest = {
