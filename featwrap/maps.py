@@ -234,7 +234,7 @@ def _infer(value: Tensor, spatial: tuple[int, ...], key: str) -> Layout:
     if value.dim() == 4:
         if spatial:
             layout, _, _ = _layout.describe(tuple(value.shape[1:]), spatial)
-            if layout == "N**C":
+            if layout == "NHWC":
                 return Layout.NHWC
         return Layout.NCHW
     raise FeatwrapValueError(
