@@ -19,6 +19,7 @@ from featwrap.layer_summary import LayerRow, LayerSummary, summary
 from featwrap.layers import Capture, LayerSpec, list_layers
 from featwrap.model import FeatureModel
 from featwrap.multiscale import stages
+from featwrap.training import UnusedModulesWarning, parameters_by_key
 
 __all__ = [
     "BackboneError",
@@ -39,11 +40,13 @@ __all__ = [
     "MissingFeatureError",
     "RepeatedCallError",
     "ResumeMismatchError",
+    "UnusedModulesWarning",
     "__version__",
     "extract",
     "feature_info",
     "list_layers",
     "load_features",
+    "parameters_by_key",
     "stages",
     "summary",
 ]

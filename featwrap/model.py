@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +22,7 @@ from featwrap.errors import (
     backbone_error_class,
 )
 from featwrap.layers import Capture, LayerSpec, resolve_layers
+from featwrap.training import find_unused, in_unused, named_modules_in_view
 
 if TYPE_CHECKING:
     from featwrap.info import FeatureInfo
@@ -53,6 +54,9 @@ class FeatureModel(nn.Module):
             returns (a block may call its ``relu`` twice); a child of the root is final at once,
             so a root-level module that the forward calls a second time after every requested
             layer fired is not waited for (use ``output_key="..."`` to run the whole forward).
+            The modules that never run before the stop are then left out of the FeatureModel's
+            parameters, buffers and state dict (not out of the backbone): see
+            :attr:`unused_modules`.
         detach: return features detached from the autograd graph.
         repeats: for a layer that runs several times in one forward: ``"last"`` (default),
             ``"first"``, ``"all"`` (a list of every call, in order) or ``"error"``.
@@ -132,6 +136,8 @@ class FeatureModel(nn.Module):
         self.register_load_state_dict_pre_hook(_add_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_post_hook(_report_backbone_keys)  # type: ignore[no-untyped-call]
         self._loading_prefixes: list[str] = []
+        # None: to be found on first use (featwrap.training); () while finding, or when detached
+        self._unused: tuple[str, ...] | None = None if stop_early and not detach else ()
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
     @staticmethod
@@ -169,6 +175,59 @@ class FeatureModel(nn.Module):
     @property
     def missing(self) -> str:
         return self._recorder.missing.value
+
+    @property
+    def unused_modules(self) -> tuple[str, ...]:
+        """Backbone paths of the modules left out of this FeatureModel's view, outermost first.
+
+        With ``output_key=None`` the forward stops after the last requested layer, so the modules
+        after it never take part in a loss. They are left out of ``fm.parameters()``,
+        ``fm.named_parameters()``, ``fm.buffers()``, ``fm.modules()`` (so of optimizers, DDP and
+        FSDP) and of ``fm.state_dict()``; ``fm.backbone`` still holds them, unchanged, and
+        ``fm.load_state_dict`` fills them when the checkpoint has their keys (a checkpoint without
+        them loads strictly too). Found on first use with one forward on fake tensors (no
+        compute) for the input size the model expects; empty with an ``output_key`` or
+        ``detach=True``. Call :meth:`find_unused` for other inputs.
+
+        >>> from torchvision.models import resnet18
+        >>> FeatureModel(resnet18(), ["layer3"], output_key=None).unused_modules
+        ('layer4', 'avgpool', 'fc')
+        """
+        if self._unused is None:
+            if torch.compiler.is_compiling():
+                return ()
+            self._unused = ()  # the full view while the fake forward runs
+            self._unused = find_unused(self, warn=True)
+        return self._unused
+
+    def find_unused(
+        self, input_size: Sequence[int] | int | None = None, *, inputs: Any = None
+    ) -> tuple[str, ...]:
+        """Find :attr:`unused_modules` again, on fake tensors of ``input_size`` or like ``inputs``.
+
+        For a model that does not take ``(N, 3, 224, 224)`` images (its own default size for timm
+        models and torchvision ViTs); call it before building the optimizer or DDP. Raises when the
+        model cannot run on such inputs; with an ``output_key`` nothing is left out.
+        """
+        if self.output_key is not None or self._recorder.detach:
+            return ()
+        self._unused = ()
+        self._unused = find_unused(self, input_size, inputs)
+        return self._unused
+
+    def named_modules(
+        self,
+        memo: set[nn.Module] | None = None,
+        prefix: str = "",
+        remove_duplicate: bool = True,
+    ) -> Iterator[tuple[str, nn.Module]]:
+        """As ``nn.Module.named_modules``, without :attr:`unused_modules` (so are
+        ``parameters()``, ``buffers()`` and their named forms)."""
+        unused = self.unused_modules
+        if unused:
+            yield from named_modules_in_view(self, unused, memo, prefix, remove_duplicate)
+        else:
+            yield from super().named_modules(memo, prefix, remove_duplicate)
 
     def extra_repr(self) -> str:
         options = [f"layers={list(self._paths)}", f"output_key={self.output_key!r}"]
@@ -298,12 +357,16 @@ def _backbone_error(error: Exception, fired: list[str], keys: tuple[str, ...]) -
 # Parents call a child's state_dict() for its side effect on a shared destination, so both hooks
 # rename in place, keeping the order. Module paths in ``_metadata`` carry no trailing dot.
 def _strip_prefix(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+    module: FeatureModel, state_dict: dict[str, Any], prefix: str, local_metadata: Any
 ) -> None:
     _rename_in_place(state_dict, prefix + _PREFIX, prefix)
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
         _rename_in_place(metadata, prefix + _PREFIX, prefix, dotless=True)
+    unused = module.unused_modules
+    for key in [k for k in state_dict if k.startswith(prefix)] if unused else ():
+        if in_unused(key[len(prefix) :], unused):
+            del state_dict[key]
 
 
 def _add_prefix(
@@ -329,6 +392,12 @@ def _report_backbone_keys(module: FeatureModel, incompatible: Any) -> None:
     inner = prefix + _PREFIX
     for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
         keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]
+    unused = module.unused_modules  # a checkpoint of the view lacks them: not missing
+    incompatible.missing_keys[:] = [
+        k
+        for k in incompatible.missing_keys
+        if not (k.startswith(prefix) and in_unused(k[len(prefix) :], unused))
+    ]
 
 
 def _rename_in_place(
