@@ -22,7 +22,13 @@ from featwrap.errors import (
     backbone_error_class,
 )
 from featwrap.layers import Capture, LayerSpec, resolve_layers
-from featwrap.training import find_unused, in_unused, named_modules_in_view
+from featwrap.training import (
+    find_unused,
+    find_unused_or_why,
+    in_unused,
+    named_modules_in_view,
+    warn_view_incomplete,
+)
 
 if TYPE_CHECKING:
     from featwrap.info import FeatureInfo
@@ -136,8 +142,10 @@ class FeatureModel(nn.Module):
         self.register_load_state_dict_pre_hook(_add_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_post_hook(_report_backbone_keys)  # type: ignore[no-untyped-call]
         self._loading_prefixes: list[str] = []
-        # None: to be found on first use (featwrap.training); () while finding, or when detached
-        self._unused: tuple[str, ...] | None = None if stop_early and not detach else ()
+        self._unused: tuple[str, ...] = ()  # the full view while the fake forward runs
+        self._unused_why: str | None = None  # why it could not be found, until said once
+        if stop_early and not detach:
+            self._unused, self._unused_why = find_unused_or_why(self)
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
     @staticmethod
@@ -185,19 +193,14 @@ class FeatureModel(nn.Module):
         ``fm.named_parameters()``, ``fm.buffers()``, ``fm.modules()`` (so of optimizers, DDP and
         FSDP) and of ``fm.state_dict()``; ``fm.backbone`` still holds them, unchanged, and
         ``fm.load_state_dict`` fills them when the checkpoint has their keys (a checkpoint without
-        them loads strictly too). Found on first use with one forward on fake tensors (no
-        compute) for the input size the model expects; empty with an ``output_key`` or
-        ``detach=True``. Call :meth:`find_unused` for other inputs.
+        them loads strictly too). Found here, with one forward on fake tensors (no compute) for
+        the input size the model expects; empty with an ``output_key`` or ``detach=True``.
+        Call :meth:`find_unused` for other inputs.
 
         >>> from torchvision.models import resnet18
         >>> FeatureModel(resnet18(), ["layer3"], output_key=None).unused_modules
         ('layer4', 'avgpool', 'fc')
         """
-        if self._unused is None:
-            if torch.compiler.is_compiling():
-                return ()
-            self._unused = ()  # the full view while the fake forward runs
-            self._unused = find_unused(self, warn=True)
         return self._unused
 
     def find_unused(
@@ -211,7 +214,7 @@ class FeatureModel(nn.Module):
         """
         if self.output_key is not None or self._recorder.detach:
             return ()
-        self._unused = ()
+        self._unused, self._unused_why = (), None
         self._unused = find_unused(self, input_size, inputs)
         return self._unused
 
@@ -223,7 +226,10 @@ class FeatureModel(nn.Module):
     ) -> Iterator[tuple[str, nn.Module]]:
         """As ``nn.Module.named_modules``, without :attr:`unused_modules` (so are
         ``parameters()``, ``buffers()`` and their named forms)."""
-        unused = self.unused_modules
+        unused = self._unused
+        if self._unused_why is not None:
+            why, self._unused_why = self._unused_why, None
+            warn_view_incomplete(why)
         if unused:
             yield from named_modules_in_view(self, unused, memo, prefix, remove_duplicate)
         else:

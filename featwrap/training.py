@@ -16,9 +16,10 @@ autograd on. A module is unused when neither it nor any module inside it was ent
 last requested layer produced its value (so neither the modules after the early stop, nor those
 that a parent runs before returning, as the blocks after the requested one in an
 ``nn.Sequential``), and none of its parameters is in the autograd graph of the returned features
-(a weight used by another module, as in tied embeddings, keeps its module in). Found on first use of the
-view, for the input size the model expects; :meth:`FeatureModel.find_unused` recomputes it for
-other inputs.
+(a weight used by another module, as in tied embeddings, keeps its module in). Found when the
+FeatureModel is made (before any wrapper such as FSDP2 adds its hooks), for the input size the
+model expects; :meth:`FeatureModel.find_unused` finds it again for other inputs. A model the
+fake forward fails on keeps every parameter, and the first use of the view says so.
 """
 
 from __future__ import annotations
@@ -49,18 +50,16 @@ class UnusedModulesWarning(UserWarning):
     """The unused modules could not be found, so a FeatureModel's view keeps every parameter."""
 
 
-def find_unused(
-    fm: nn.Module, input_size: Any = None, inputs: Any = None, *, warn: bool = False
-) -> tuple[str, ...]:
+def find_unused(fm: Any, input_size: Any = None, inputs: Any = None) -> tuple[str, ...]:
     """Backbone paths of the outermost modules that cannot contribute to ``fm``'s features.
 
-    ``fm`` is a FeatureModel whose view is complete while this runs. When the fake forward
-    fails, the error is raised, or with ``warn`` (the automatic first use) nothing is left out
-    and an :class:`UnusedModulesWarning` says so.
+    ``fm`` is a FeatureModel whose view is complete while this runs. Raises a
+    :class:`~featwrap.errors.FeatwrapValueError` naming the way out when the model cannot run on
+    fake tensors of that size.
     """
     if inputs is not None and input_size is not None:
         raise FeatwrapValueError("Pass input_size or inputs, not both.")
-    backbone: nn.Module = fm.backbone  # type: ignore[assignment]
+    backbone: nn.Module = fm.backbone
     size = (
         None if inputs is not None else check_input_size(input_size or default_input_size(backbone))
     )
@@ -69,23 +68,31 @@ def find_unused(
     except Exception as error:
         cause = getattr(error, "original", None) or error  # a BackboneError's
         first_line = (str(cause).strip().splitlines() or [""])[0][:200]
-        reason = f"{type(cause).__name__}: {first_line}"
-        if not warn:
-            raise FeatwrapValueError(
-                f"{type(backbone).__name__} could not run on fake tensors of input size {size} "
-                f"({reason}); pass the input it expects: fm.find_unused(input_size=(C, H, W)) "
-                "or fm.find_unused(inputs=example)."
-            ) from error
-        warnings.warn(
-            f"featwrap could not find which modules of {type(backbone).__name__} never run before "
-            f"the early stop: a fake input of size {size} failed ({reason}). Every parameter "
-            "stays in the FeatureModel's parameters(); call fm.find_unused(inputs=example) before "
-            "building the optimizer or DDP to leave out the ones that never get a gradient.",
-            UnusedModulesWarning,
-            stacklevel=4,
-        )
-        return ()
+        raise FeatwrapValueError(
+            f"{type(backbone).__name__} could not run on fake tensors of input size {size} "
+            f"({type(cause).__name__}: {first_line}); pass the input it expects: "
+            "fm.find_unused(input_size=(C, H, W)) or fm.find_unused(inputs=example)."
+        ) from error
     return _outermost_unused(backbone, ran, live)
+
+
+def find_unused_or_why(fm: Any) -> tuple[tuple[str, ...], str | None]:
+    """:func:`find_unused` for the input size the model expects, or nothing and the reason."""
+    try:
+        return find_unused(fm), None
+    except FeatwrapValueError as error:
+        return (), str(error)
+
+
+def warn_view_incomplete(why: str) -> None:
+    """Say once, on first use of the view, that the unused modules could not be found."""
+    warnings.warn(
+        f"{why} Until then every parameter stays in the FeatureModel's parameters(), including "
+        "those that will get no gradient (DDP then fails): find them before building the "
+        "optimizer or DDP.",
+        UnusedModulesWarning,
+        stacklevel=5,
+    )
 
 
 def _fake_forward(

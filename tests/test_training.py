@@ -8,6 +8,7 @@ a real forward, and the plain backbone's own ``state_dict``.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import timm
@@ -151,9 +152,12 @@ def mlp() -> nn.Sequential:
 def test_a_model_the_default_input_does_not_fit_warns_and_keeps_everything() -> None:
     model = mlp()
     fm = FeatureModel(model, ["1"], output_key=None)
-    with pytest.warns(UnusedModulesWarning, match=r"fm\.find_unused\(inputs=example\)"):
+    with pytest.warns(UnusedModulesWarning, match=r"input size \(3, 224, 224\).*DDP then fails"):
         params = ids(fm.parameters())
     assert params == ids(model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert ids(fm.parameters()) == params
     assert fm.find_unused(input_size=(4,)) == ("2", "3", "4")
     assert ids(fm.parameters()) == ids(model[0].parameters())
 
