@@ -11,6 +11,7 @@ from featwrap.errors import (
     LayerNotFoundError,
     LayerSpecError,
     MissingFeatureError,
+    PrunedModuleError,
     RepeatedCallError,
 )
 from featwrap.extraction import DataError, Features, ResumeMismatchError, extract, load_features
@@ -38,6 +39,7 @@ __all__ = [
     "LayerSpecError",
     "LayerSummary",
     "MissingFeatureError",
+    "PrunedModuleError",
     "RepeatedCallError",
     "ResumeMismatchError",
     "UnusedModulesWarning",

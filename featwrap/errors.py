@@ -18,6 +18,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerSpecError",
     "MissingFeatureError",
+    "PrunedModuleError",
     "RepeatedCallError",
 ]
 
@@ -52,6 +53,10 @@ class RepeatedCallError(FeatwrapError, RuntimeError):
 
 class HooksRemovedError(FeatwrapError, RuntimeError):
     """A FeatureModel was called after its hooks were removed."""
+
+
+class PrunedModuleError(FeatwrapError, RuntimeError):
+    """A module that ``FeatureModel.prune()`` took out of the backbone was called."""
 
 
 class BackboneError(FeatwrapError):

@@ -27,6 +27,9 @@ from featwrap.training import (
     find_unused_or_why,
     in_unused,
     named_modules_in_view,
+    prune,
+    report_pruned_keys,
+    unprune,
     warn_view_incomplete,
 )
 
@@ -199,7 +202,7 @@ class FeatureModel(nn.Module):
 
         >>> from torchvision.models import resnet18
         >>> FeatureModel(resnet18(), ["layer3"], output_key=None).unused_modules
-        ('layer4', 'avgpool', 'fc')
+        ('layer4', 'fc')
         """
         return self._unused
 
@@ -217,6 +220,29 @@ class FeatureModel(nn.Module):
         self._unused, self._unused_why = (), None
         self._unused = find_unused(self, input_size, inputs)
         return self._unused
+
+    def prune(self) -> dict[str, nn.Module]:
+        """Take :attr:`unused_modules` out of the backbone, on request; returns them by path.
+
+        The view already leaves them out of parameters, buffers and the state dict; pruning also
+        takes them out of ``fm.backbone`` itself (each replaced by a parameter-free
+        :class:`~featwrap.training.Pruned`), so that tools walking ``children()`` do not see
+        them (FSDP2's ``fully_shard``, ``.to()``), and their memory is freed once the returned
+        dict is dropped. Reversible: ``fm.unprune(removed)``. The backbone can then no longer
+        run to its end on its own.
+
+        >>> from torchvision.models import resnet18
+        >>> fm = FeatureModel(resnet18(), ["layer3"], output_key=None)
+        >>> removed = fm.prune()
+        >>> list(removed), fm.backbone.fc
+        (['layer4', 'fc'], Pruned(Linear, taken out by FeatureModel.prune()))
+        >>> fm.unprune(removed)
+        """
+        return prune(self.backbone, self._unused, self._recorder)
+
+    def unprune(self, removed: dict[str, nn.Module]) -> None:
+        """Put back the modules that :meth:`prune` took out of the backbone."""
+        unprune(self.backbone, removed)
 
     def named_modules(
         self,
@@ -404,6 +430,16 @@ def _report_backbone_keys(module: FeatureModel, incompatible: Any) -> None:
         for k in incompatible.missing_keys
         if not (k.startswith(prefix) and in_unused(k[len(prefix) :], unused))
     ]
+    pruned = [  # a full checkpoint, into a pruned backbone: not loaded, said
+        k
+        for k in incompatible.unexpected_keys
+        if k.startswith(prefix) and in_unused(k[len(prefix) :], unused)
+    ]
+    if pruned:
+        incompatible.unexpected_keys[:] = [
+            k for k in incompatible.unexpected_keys if k not in pruned
+        ]
+        report_pruned_keys(pruned)
 
 
 def _rename_in_place(

@@ -12,7 +12,8 @@ parameters and buffer broadcasts, FSDP2, ``zero_grad``, gradient clipping), and
 weights it had (``.to()``, ``.train()`` and ``load_state_dict`` reach them as before).
 
 Which modules: one forward of the FeatureModel on fake tensors (no compute, no memory), with
-autograd on. A module is unused when neither it nor any module inside it was entered before the
+autograd on. A module is unused when it holds parameters or buffers, neither it nor any module
+inside it was entered before the
 last requested layer produced its value (so neither the modules after the early stop, nor those
 that a parent runs before returning, as the blocks after the requested one in an
 ``nn.Sequential``), and none of its parameters is in the autograd graph of the returned features
@@ -33,6 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from featwrap import _tree
+from featwrap._capture import Recorder, StopForward
 from featwrap._dryrun import (
     _FAKE_BATCH,
     _args,
@@ -41,9 +43,9 @@ from featwrap._dryrun import (
     check_input_size,
     default_input_size,
 )
-from featwrap.errors import FeatwrapValueError
+from featwrap.errors import FeatwrapValueError, PrunedModuleError
 
-__all__ = ["UnusedModulesWarning", "parameters_by_key"]
+__all__ = ["Pruned", "UnusedModulesWarning", "parameters_by_key"]
 
 
 class UnusedModulesWarning(UserWarning):
@@ -180,8 +182,8 @@ def _leaves(values: Any) -> set[int]:
 
 
 def _outermost_unused(backbone: nn.Module, ran: set[int], live: set[int]) -> tuple[str, ...]:
-    """The paths of the outermost modules whose whole subtree neither ran before the features
-    were final nor holds a parameter they depend on."""
+    """The paths of the outermost modules that hold parameters or buffers and whose whole
+    subtree neither ran before the features were final nor holds a parameter they depend on."""
     used: dict[int, bool] = {}
 
     def is_used(module: nn.Module) -> bool:
@@ -196,9 +198,18 @@ def _outermost_unused(backbone: nn.Module, ran: set[int], live: set[int]) -> tup
     is_used(backbone)
     unused: list[str] = []
     for path, module in backbone.named_modules(remove_duplicate=False):
-        if path and not used[id(module)] and not any(path.startswith(u + ".") for u in unused):
+        if (
+            path
+            and not used[id(module)]
+            and _has_state(module)  # a dropout whose p a used module reads is no business of ours
+            and not any(path.startswith(u + ".") for u in unused)
+        ):
             unused.append(path)
     return tuple(unused)
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def named_modules_in_view(
@@ -227,6 +238,81 @@ def named_modules_in_view(
 def in_unused(key: str, unused: tuple[str, ...]) -> bool:
     """Whether the backbone state-dict key ``key`` belongs to one of the ``unused`` modules."""
     return any(key.startswith(u + ".") for u in unused)
+
+
+# -- pruning: the unused modules taken out of the backbone, on request -----------------------------
+class Pruned(nn.Module):
+    """Stands in the backbone for a module that :meth:`FeatureModel.prune` took out.
+
+    Holds no parameter. Called by the FeatureModel's forward (a parent that runs its children
+    to the end, such as ``nn.Sequential``, after the features are final), it ends that forward,
+    as the early stop would; called otherwise, it raises :class:`~featwrap.PrunedModuleError`.
+    """
+
+    def __init__(self, path: str, kind: str, recorder: Recorder) -> None:
+        super().__init__()
+        self.path = path
+        self.kind = kind
+        self._recorder = recorder
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        session = self._recorder._running()
+        if session is not None:
+            raise StopForward(session)
+        raise PrunedModuleError(
+            f"{self.path} ({self.kind}) was taken out of the backbone by FeatureModel.prune(), "
+            "so the backbone cannot run to its end; fm.unprune(removed) puts it back."
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, taken out by FeatureModel.prune()"
+
+
+def prune(backbone: nn.Module, unused: tuple[str, ...], recorder: Recorder) -> dict[str, nn.Module]:
+    """Replace each module of ``unused`` in ``backbone`` by a :class:`Pruned`; return them."""
+    removed: dict[str, nn.Module] = {}
+    for path in unused:
+        parent, name = _parent_and_name(backbone, path)
+        module = parent._modules[name]
+        if module is not None and not isinstance(module, Pruned):
+            removed[path] = module
+            setattr(parent, name, Pruned(path, type(module).__name__, recorder))
+    return removed
+
+
+def unprune(backbone: nn.Module, removed: dict[str, nn.Module]) -> None:
+    """Put the modules that :func:`prune` returned back in ``backbone``."""
+    if not isinstance(removed, dict):
+        raise FeatwrapValueError(
+            f"unprune() takes the dict that prune() returned, got {type(removed).__name__}"
+        )
+    for path in removed:
+        parent, name = _parent_and_name(backbone, path)
+        if not isinstance(parent._modules.get(name), Pruned):
+            raise FeatwrapValueError(
+                f"{path!r} is not a module that prune() took out of this backbone (it holds "
+                f"{type(parent._modules.get(name)).__name__}); pass the dict prune() returned."
+            )
+    for path, module in removed.items():
+        parent, name = _parent_and_name(backbone, path)
+        setattr(parent, name, module)
+
+
+def _parent_and_name(backbone: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent, _, name = path.rpartition(".")
+    return (backbone.get_submodule(parent) if parent else backbone), name
+
+
+def report_pruned_keys(keys: list[str]) -> None:
+    """Say which keys of a loaded checkpoint belong to pruned modules, so were not loaded."""
+    shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+    warnings.warn(
+        f"{len(keys)} keys of the checkpoint belong to modules that FeatureModel.prune() took out "
+        f"of the backbone, and were not loaded: {shown}. To load them too, call "
+        "fm.unprune(removed) before load_state_dict.",
+        UnusedModulesWarning,
+        stacklevel=4,
+    )
 
 
 def parameters_by_key(model: nn.Module) -> dict[str, nn.Parameter]:

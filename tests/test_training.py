@@ -8,7 +8,9 @@ a real forward, and the plain backbone's own ``state_dict``.
 from __future__ import annotations
 
 import copy
+import gc
 import warnings
+import weakref
 
 import pytest
 import timm
@@ -20,7 +22,14 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from featwrap import FeatureModel, FeatwrapError, UnusedModulesWarning, parameters_by_key
+from featwrap import (
+    FeatureModel,
+    FeatwrapError,
+    PrunedModuleError,
+    UnusedModulesWarning,
+    parameters_by_key,
+)
+from featwrap.training import Pruned
 from tests.models import Checkpointed
 
 RETURN = {"layer1": "0", "layer2": "1", "layer3": "2"}
@@ -56,7 +65,7 @@ def test_resnet_view_is_torchvisions_intermediate_layer_getter() -> None:
     backbone = resnet18()
     fm = FeatureModel(backbone, RETURN, output_key=None)
     getter = IntermediateLayerGetter(backbone, RETURN)  # shares the modules, drops the rest
-    assert fm.unused_modules == ("layer4", "avgpool", "fc")
+    assert fm.unused_modules == ("layer4", "fc")
     assert ids(fm.parameters()) == ids(getter.parameters())
     assert ids(fm.buffers()) == ids(getter.buffers())
     assert list(fm.state_dict()) == list(getter.state_dict())
@@ -158,7 +167,7 @@ def test_a_model_the_default_input_does_not_fit_warns_and_keeps_everything() -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once
         assert ids(fm.parameters()) == params
-    assert fm.find_unused(input_size=(4,)) == ("2", "3", "4")
+    assert fm.find_unused(input_size=(4,)) == ("2", "4")  # ReLU '3' holds nothing
     assert ids(fm.parameters()) == ids(model[0].parameters())
 
 
@@ -233,7 +242,7 @@ def test_a_detector_with_a_feature_model_body_matches_torchvisions_checkpoints()
     torch.manual_seed(1)
     reference = detector(IntermediateLayerGetter(resnet18(), FPN_RETURN))
     ours = detector(FeatureModel(resnet18(), FPN_RETURN, output_key=None))
-    assert ours.backbone.body.unused_modules == ("avgpool", "fc")
+    assert ours.backbone.body.unused_modules == ("fc",)
     assert list(ours.state_dict()) == list(reference.state_dict())
     assert str(ours.load_state_dict(reference.state_dict())) == "<All keys matched successfully>"
     images = [torch.rand(3, 64, 64)]
@@ -301,3 +310,62 @@ def test_checkpointing_the_whole_feature_model() -> None:
     sum(v.sum() for v in out.values()).backward()
     for p, e in zip(fm.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e)
+
+
+# -- pruning, on request ---------------------------------------------------------------------------
+def test_prune_takes_the_unused_modules_out_and_unprune_puts_them_back() -> None:
+    backbone = resnet18()
+    fm = FeatureModel(backbone, RETURN, output_key=None)
+    x = torch.randn(2, 3, 32, 32)
+    fc, state, expected = backbone.fc, fm.state_dict(), fm(x)
+    removed = fm.prune()
+    assert list(removed) == ["layer4", "fc"]
+    assert removed["fc"] is fc
+    assert isinstance(backbone.fc, Pruned)
+    getter = IntermediateLayerGetter(resnet18(), RETURN)
+    assert [n for n, _ in backbone.named_parameters()] == [n for n, _ in getter.named_parameters()]
+    in_backbone = [f"backbone.{n}" for n, _ in backbone.named_parameters()]
+    assert [n for n, _ in fm.named_parameters()] == in_backbone
+    assert list(fm.state_dict()) == list(state)
+    got = fm(x)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    with pytest.raises(PrunedModuleError, match=r"layer4 \(Sequential\).*fm\.unprune\(removed\)"):
+        backbone(x)
+    fm.unprune(removed)
+    assert backbone.fc is fc
+    assert backbone(x).shape == (2, 1000)
+    with pytest.raises(ValueError, match=r"'layer4' is not a module that prune\(\) took out"):
+        fm.unprune(removed)
+
+
+def test_pruned_blocks_that_a_sequential_would_still_run_end_the_forward() -> None:
+    vit = tiny_vit()
+    fm = FeatureModel(vit, ["blocks.1"], output_key=None)
+    x = torch.randn(2, 3, 32, 32)
+    expected = fm(x)["blocks.1"]
+    removed = fm.prune()
+    assert list(removed) == ["blocks.2", "blocks.3", "norm", "head"]
+    assert torch.equal(fm(x)["blocks.1"], expected)
+
+
+def test_pruning_frees_the_memory_once_the_removed_modules_are_dropped() -> None:
+    fm = FeatureModel(resnet18(), RETURN, output_key=None)
+    removed = fm.prune()
+    alive = weakref.ref(removed["layer4"])
+    del removed
+    gc.collect()
+    assert alive() is None
+
+
+def test_a_full_checkpoint_into_a_pruned_model_says_what_was_left_out() -> None:
+    source = resnet18()
+    fm = FeatureModel(resnet18(), RETURN, output_key=None)
+    fm.prune()
+    with pytest.warns(
+        UnusedModulesWarning, match=r"32 keys .* not loaded: layer4\.0\.conv1\.weight"
+    ):
+        report = fm.load_state_dict(source.state_dict())
+    assert str(report) == "<All keys matched successfully>"
+    for key, value in fm.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]), key
