@@ -125,8 +125,24 @@ def _fake_forward(
             del state, values
     finally:
         _restore_python_state(saved)
+        _restore_attributes(saved)
         clock.remove()
     return clock.ran_before_final(), live
+
+
+def _restore_attributes(saved: Any) -> None:
+    """Undo every attribute a forward set on a module (a flag, a counter): this forward runs
+    when the FeatureModel is made, and must leave the model as it found it."""
+    for module, before, _ in saved:
+        now = module.__dict__
+        for name in [n for n in now if n not in before]:
+            del now[name]
+        for name, value in before.items():
+            if now.get(name, _MISSING) is not value:
+                now[name] = value
+
+
+_MISSING = object()
 
 
 class _Clock:
