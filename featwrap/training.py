@@ -13,11 +13,11 @@ weights it had (``.to()``, ``.train()`` and ``load_state_dict`` reach them as be
 
 Which modules: one forward of the FeatureModel on fake tensors (no compute, no memory), with
 autograd on. A module is unused when it holds parameters or buffers, neither it nor any module
-inside it was entered before the
-last requested layer produced its value (so neither the modules after the early stop, nor those
-that a parent runs before returning, as the blocks after the requested one in an
-``nn.Sequential``), and none of its parameters is in the autograd graph of the returned features
-(a weight used by another module, as in tied embeddings, keeps its module in). Found when the
+inside it was entered before the last requested layer produced its value (so neither the modules
+after the early stop, nor those that a parent runs before returning, as the blocks after the
+requested one in an ``nn.Sequential``), and none of its parameters is in the autograd graph of
+the returned features (a weight used by another module, as in tied embeddings, keeps its module
+in). The forward's side effects on the modules' attributes are undone. Found when the
 FeatureModel is made (before any wrapper such as FSDP2 adds its hooks), for the input size the
 model expects; :meth:`FeatureModel.find_unused` finds it again for other inputs. A model the
 fake forward fails on keeps every parameter, and the first use of the view says so.
