@@ -369,3 +369,29 @@ def test_a_full_checkpoint_into_a_pruned_model_says_what_was_left_out() -> None:
     assert str(report) == "<All keys matched successfully>"
     for key, value in fm.state_dict().items():
         assert torch.equal(value, source.state_dict()[key]), key
+
+
+ZOO = [
+    *(("torchvision", n) for n in ("resnet18", "mobilenet_v3_small", "efficientnet_b0")),
+    *(("torchvision", n) for n in ("convnext_tiny", "densenet121", "swin_t", "vit_b_16")),
+    *(("timm", n) for n in ("vit_tiny_patch16_224", "convnext_atto", "regnety_002")),
+]
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize(("source", "name"), ZOO)
+def test_zoo_view_is_what_gets_a_gradient(source: str, name: str) -> None:
+    """All stages but the last, early stop, train mode: the view found on fake tensors is
+    exactly the set of parameters a real forward/backward gives a gradient."""
+    import torchvision.models as tvm
+
+    from featwrap import stages
+
+    if source == "timm":
+        model = timm.create_model(name, pretrained=False)
+    else:
+        model = getattr(tvm, name)(weights=None)
+    found = stages(model)
+    fm = FeatureModel(model.train(), found[:-1], output_key=None)
+    assert fm.unused_modules
+    assert ids(fm.parameters()) == grads_of_features(fm, torch.randn(2, 3, 224, 224))
