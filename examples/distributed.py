@@ -2,28 +2,21 @@
 
 Launch: ``torchrun --standalone --nproc_per_node 2 examples/distributed.py``
 
-Three set-ups, each trained for a few steps on a different random shard per
-process (gloo backend):
+Two set-ups, each trained for a few steps on a different random shard per
+process (gloo backend), both wrapped in plain DDP
+(``find_unused_parameters=False``, the default):
 
-* ``logits``: the backbone's output and a feature both enter the loss: every
-  parameter gets a gradient, plain DDP works.
-* ``freeze``: early stop (``output_key=None``) after ``layer3``: ``layer4``
-  and ``fc`` never run, so their parameters get no gradient. Found by one
-  probe forward/backward before wrapping, they are frozen
-  (``requires_grad_(False)``), and DDP ignores frozen parameters.
-  Recommended: no cost per step, and the checkpoint keeps its keys.
-* ``find_unused``: the same model as it is, wrapped with
-  ``find_unused_parameters=True``: after every forward, DDP searches the
-  autograd graph for the parameters that will get no gradient. Correct, a
-  little slower.
-
-Then ``naive`` wraps the early-stopping model with plain DDP, which raises
-at the second step ("Expected to have finished reduction in the prior
-iteration"): the error that both fixes avoid.
+* ``logits``: the backbone's output and a feature both enter the loss:
+  every parameter gets a gradient.
+* ``early_stop``: ``output_key=None``, features up to ``layer3``: the
+  forward stops there, so ``layer4`` and ``fc`` never run. The FeatureModel
+  leaves them out of its parameters (``fm.unused_modules``), so DDP and the
+  optimizer never see them, and of its state dict. Nothing to do by hand.
 
 With ``--out DIR``, each process writes ``DIR/MODE-rankN.json`` (losses,
-hashes of the trained and of the unused parameters, which parameters got
-gradients) and ``DIR/MODE-rankN.pt`` (the trained state dict).
+the unused modules, which parameters got gradients, hashes of the trained
+parameters and of the backbone's unused ones) and ``DIR/MODE-rankN.pt``
+(the trained state dict).
 """
 
 from __future__ import annotations
@@ -44,7 +37,7 @@ from torchvision.models import resnet18
 
 from featwrap import FeatureModel
 
-MODES = ("logits", "freeze", "find_unused")
+MODES = ("logits", "early_stop")
 LR = 0.02
 
 
@@ -73,47 +66,23 @@ def loss_of(out: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def unused_parameters(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> list[str]:
-    """The parameters that get no gradient from one forward/backward."""
-    loss_of(model(x), y).backward()
-    unused = [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and p.grad is None
-    ]
-    model.zero_grad(set_to_none=True)
-    return unused
-
-
-def build(
-    mode: str, x: torch.Tensor, y: torch.Tensor
-) -> tuple[nn.Module, DDP, list[str]]:
-    """The model (same initial weights on every rank), its DDP wrapper, and
-    the names of its unused parameters."""
-    torch.manual_seed(0)
-    model = Classifier(early_stop=mode != "logits")
-    unused = unused_parameters(model, x, y)
-    if mode == "freeze":
-        for name, parameter in model.named_parameters():
-            if name in unused:
-                parameter.requires_grad_(False)
-    if mode in ("logits", "freeze", "naive"):
-        return model, DDP(model), unused
-    if mode == "find_unused":
-        return model, DDP(model, find_unused_parameters=True), unused
-    raise ValueError(f"mode={mode!r} is not one of {(*MODES, 'naive')}")
-
-
-def digest(model: nn.Module, names: list[str], exclude: bool = False) -> str:
-    """A hash of the parameters named in ``names`` (or of all the others)."""
+def digest(named: Any) -> str:
+    """A hash of named parameters."""
     sha = hashlib.sha256()
-    for name, parameter in model.named_parameters():
-        if (name in names) != exclude:
-            sha.update(name.encode())
-            sha.update(parameter.detach().numpy().tobytes())
+    for name, parameter in named:
+        sha.update(name.encode())
+        sha.update(parameter.detach().numpy().tobytes())
     return sha.hexdigest()
+
+
+def unused_of(model: Classifier) -> list[tuple[str, nn.Parameter]]:
+    """The backbone's parameters that the FeatureModel leaves out."""
+    backbone = model.features.backbone
+    return [
+        (f"{path}.{name}", parameter)
+        for path in model.features.unused_modules
+        for name, parameter in backbone.get_submodule(path).named_parameters()
+    ]
 
 
 def shard(batch_size: int, image_size: int) -> tuple[torch.Tensor, ...]:
@@ -129,10 +98,11 @@ def train(
 ) -> dict[str, Any]:
     """Train one set-up on this rank's shard; what this rank saw."""
     x, y = shard(batch_size, image_size)
-    model, ddp, unused = build(mode, x, y)
-    unused_before = digest(model, unused)
-    trained = [p for p in ddp.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trained, lr=LR)
+    torch.manual_seed(0)  # the same initial weights on every rank
+    model = Classifier(early_stop=mode == "early_stop")
+    ddp = DDP(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=LR)
+    unused_before = digest(unused_of(model))
     losses = []
     for _ in range(steps):
         loss = loss_of(ddp(x), y)
@@ -140,30 +110,19 @@ def train(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
+    named = list(model.named_parameters())
     return {
         "mode": mode,
         "world_size": dist.get_world_size(),
         "losses": losses,
-        "unused": unused,
-        "with_grad": sorted(with_grad),
-        "trained_digest": digest(model, unused, exclude=True),
+        "unused_modules": list(model.features.unused_modules),
+        "parameters": [n for n, _ in named],
+        "with_grad": [n for n, p in named if p.grad is not None],
+        "trained_digest": digest(named),
         "unused_digest_before": unused_before,
-        "unused_digest_after": digest(model, unused),
+        "unused_digest_after": digest(unused_of(model)),
         "state_dict": model.state_dict(),
     }
-
-
-def naive(steps: int, batch_size: int, image_size: int) -> dict[str, Any]:
-    """Plain DDP on the early-stopping model: the error at the second step."""
-    x, y = shard(batch_size, image_size)
-    _, ddp, _ = build("naive", x, y)
-    try:
-        for _ in range(steps):
-            loss_of(ddp(x), y).backward()
-    except RuntimeError as error:
-        return {"mode": "naive", "error": str(error)}
-    return {"mode": "naive", "error": None}
 
 
 def main(
@@ -178,21 +137,16 @@ def main(
     rank = dist.get_rank()
     try:
         for mode in modes:
-            sizes = (steps, batch_size, image_size)
-            result = naive(*sizes) if mode == "naive" else train(mode, *sizes)
-            state = result.pop("state_dict", None)
+            result = train(mode, steps, batch_size, image_size)
+            state = result.pop("state_dict")
             if out is not None:
                 stem = out / f"{mode}-rank{rank}"
-                if state is not None:
-                    torch.save(state, stem.with_suffix(".pt"))
+                torch.save(state, stem.with_suffix(".pt"))
                 text = json.dumps(result, indent=1)
                 stem.with_suffix(".json").write_text(text)
             if rank == 0:
-                losses = result.get("losses")
-                if losses:
-                    print(f"{mode}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-                else:
-                    print(f"{mode}: {result['error']}")
+                losses = result["losses"]
+                print(f"{mode}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -200,8 +154,7 @@ def main(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    choices = [*MODES, "naive", "all"]
-    parser.add_argument("--mode", choices=choices, default="all")
+    parser.add_argument("--mode", choices=[*MODES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=32)
@@ -211,5 +164,5 @@ if __name__ == "__main__":
         parser.error(
             f"launch with: torchrun --standalone --nproc_per_node 2 {__file__}"
         )
-    modes = [*MODES, "naive"] if args.mode == "all" else [args.mode]
+    modes = list(MODES) if args.mode == "all" else [args.mode]
     main(modes, args.steps, args.batch_size, args.image_size, args.out)

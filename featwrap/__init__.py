@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         LayerNotFoundError,
         LayerSpecError,
         MissingFeatureError,
+        PrunedModuleError,
         RepeatedCallError,
     )
     from featwrap.extraction import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from featwrap.maps import Tokens
     from featwrap.model import FeatureModel, feature_info
     from featwrap.multiscale import stages
+    from featwrap.training import UnusedModulesWarning, parameters_by_key
 
 #: Where each public name lives (a new public name goes here, in ``__all__``, in the
 #: ``TYPE_CHECKING`` block above and in docs/api.md; tests/test_structure.py checks all four).
@@ -61,6 +63,7 @@ _HOMES: dict[str, str] = {
             "LayerNotFoundError",
             "LayerSpecError",
             "MissingFeatureError",
+            "PrunedModuleError",
             "RepeatedCallError",
         ),
         "featwrap.errors",
@@ -86,6 +89,7 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("FeatureModel", "feature_info"), "featwrap.model"),
     "stages": "featwrap.multiscale",
     "Tokens": "featwrap.maps",
+    **dict.fromkeys(("UnusedModulesWarning", "parameters_by_key"), "featwrap.training"),
     **dict.fromkeys(("Edit", "EditValue"), "featwrap.edit"),
 }
 
@@ -117,11 +121,13 @@ __all__ = [
     "OnError",
     "OutputError",
     "Pooling",
+    "PrunedModuleError",
     "RepeatedCallError",
     "Repeats",
     "ResumeMismatchError",
     "Tokens",
     "UnknownModelError",
+    "UnusedModulesWarning",
     "WeightsUnavailableError",
     "__version__",
     "extract",
@@ -129,6 +135,7 @@ __all__ = [
     "list_layers",
     "load_features",
     "load_model",
+    "parameters_by_key",
     "stages",
     "summary",
 ]

@@ -47,8 +47,14 @@ class DryRun:
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
-    """The input size a model expects: timm's ``pretrained_cfg``, a torchvision ViT's
-    ``image_size``, else ``(3, 224, 224)``."""
+    """The input size a model expects: a timm ViT's own patch embedding size (set by
+    ``img_size=``), timm's ``pretrained_cfg``, a torchvision ViT's ``image_size``, else
+    ``(3, 224, 224)``."""
+    embed = getattr(model, "patch_embed", None)
+    proj = getattr(embed, "proj", None)
+    img_size = getattr(embed, "img_size", None)
+    if isinstance(proj, nn.Conv2d) and isinstance(img_size, tuple) and len(img_size) == 2:
+        return (proj.in_channels, *(int(d) for d in img_size))
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), (tuple, list)):
         return tuple(int(d) for d in cfg["input_size"])

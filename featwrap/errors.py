@@ -20,6 +20,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerSpecError",
     "MissingFeatureError",
+    "PrunedModuleError",
     "RepeatedCallError",
 ]
 
@@ -63,6 +64,10 @@ class EditError(FeatwrapError, ValueError):
 
 class CheckpointWarning(UserWarning):
     """A captured value has no autograd graph: its layer ran under a reentrant checkpoint."""
+
+
+class PrunedModuleError(FeatwrapError, RuntimeError):
+    """A module that ``FeatureModel.prune()`` took out of the backbone was called."""
 
 
 class BackboneError(FeatwrapError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,16 @@ from featwrap.errors import (
 )
 from featwrap.info import FeatureInfo, InputSize, measure
 from featwrap.layers import Capture, LayerSpec, resolve_layers
+from featwrap.training import (
+    find_unused,
+    find_unused_or_why,
+    in_unused,
+    named_modules_in_view,
+    prune,
+    report_pruned_keys,
+    unprune,
+    warn_view_incomplete,
+)
 
 __all__ = ["FeatureModel", "feature_info"]
 
@@ -67,6 +77,9 @@ class FeatureModel(nn.Module):
             its first call. A layer called again after it was taken as final (a block the
             forward calls outside its stack) raises :class:`~featwrap.RepeatedCallError`,
             never returns the earlier value.
+            The modules that never run before the stop are then left out of the FeatureModel's
+            parameters, buffers and state dict (not out of the backbone): see
+            :attr:`unused_modules`.
         detach: return features detached from the autograd graph.
         repeats: for a layer that runs several times in one forward: ``"last"`` (default),
             ``"first"``, ``"all"`` (a list of every call, in order) or ``"error"``.
@@ -158,6 +171,10 @@ class FeatureModel(nn.Module):
         self.register_load_state_dict_pre_hook(_add_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_post_hook(_report_backbone_keys)  # type: ignore[no-untyped-call]
         self._loading_prefixes: list[str] = []
+        self._unused: tuple[str, ...] = ()  # the full view while the fake forward runs
+        self._unused_why: str | None = None  # why it could not be found, until said once
+        if stop_early and not detach:
+            self._unused, self._unused_why = find_unused_or_why(self)
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
     @staticmethod
@@ -195,6 +212,80 @@ class FeatureModel(nn.Module):
     @property
     def missing(self) -> str:
         return self._recorder.missing.value
+
+    @property
+    def unused_modules(self) -> tuple[str, ...]:
+        """Backbone paths of the modules left out of this FeatureModel's view, outermost first.
+
+        With ``output_key=None`` the forward stops after the last requested layer, so the modules
+        after it never take part in a loss. They are left out of ``fm.parameters()``,
+        ``fm.named_parameters()``, ``fm.buffers()``, ``fm.modules()`` (so of optimizers, DDP and
+        FSDP) and of ``fm.state_dict()``; ``fm.backbone`` still holds them, unchanged, and
+        ``fm.load_state_dict`` fills them when the checkpoint has their keys (a checkpoint without
+        them loads strictly too). Found here, with one forward on fake tensors (no compute) for
+        the input size the model expects; empty with an ``output_key`` or ``detach=True``.
+        Call :meth:`find_unused` for other inputs.
+
+        >>> from torchvision.models import resnet18
+        >>> FeatureModel(resnet18(), ["layer3"], output_key=None).unused_modules
+        ('layer4', 'fc')
+        """
+        return self._unused
+
+    def find_unused(
+        self, input_size: Sequence[int] | int | None = None, *, inputs: Any = None
+    ) -> tuple[str, ...]:
+        """Find :attr:`unused_modules` again, on fake tensors of ``input_size`` or like ``inputs``.
+
+        For a model that does not take ``(N, 3, 224, 224)`` images (its own default size for timm
+        models and torchvision ViTs); call it before building the optimizer or DDP. Raises when the
+        model cannot run on such inputs; with an ``output_key`` nothing is left out.
+        """
+        if self.output_key is not None or self._recorder.detach:
+            return ()
+        self._unused, self._unused_why = (), None
+        self._unused = find_unused(self, input_size, inputs)
+        return self._unused
+
+    def prune(self) -> dict[str, nn.Module]:
+        """Take :attr:`unused_modules` out of the backbone, on request; returns them by path.
+
+        The view already leaves them out of parameters, buffers and the state dict; pruning also
+        takes them out of ``fm.backbone`` itself (each replaced by a parameter-free
+        :class:`~featwrap.training.Pruned`), so that tools walking ``children()`` do not see
+        them (FSDP2's ``fully_shard``, ``.to()``), and their memory is freed once the returned
+        dict is dropped. Reversible: ``fm.unprune(removed)``. The backbone can then no longer
+        run to its end on its own.
+
+        >>> from torchvision.models import resnet18
+        >>> fm = FeatureModel(resnet18(), ["layer3"], output_key=None)
+        >>> removed = fm.prune()
+        >>> list(removed), fm.backbone.fc
+        (['layer4', 'fc'], Pruned(Linear, taken out by FeatureModel.prune()))
+        >>> fm.unprune(removed)
+        """
+        return prune(self.backbone, self._unused, self._recorder)
+
+    def unprune(self, removed: dict[str, nn.Module]) -> None:
+        """Put back the modules that :meth:`prune` took out of the backbone."""
+        unprune(self.backbone, removed)
+
+    def named_modules(
+        self,
+        memo: set[nn.Module] | None = None,
+        prefix: str = "",
+        remove_duplicate: bool = True,
+    ) -> Iterator[tuple[str, nn.Module]]:
+        """As ``nn.Module.named_modules``, without :attr:`unused_modules` (so are
+        ``parameters()``, ``buffers()`` and their named forms)."""
+        unused = self._unused
+        if self._unused_why is not None:
+            why, self._unused_why = self._unused_why, None
+            warn_view_incomplete(why)
+        if unused:
+            yield from named_modules_in_view(self, unused, memo, prefix, remove_duplicate)
+        else:
+            yield from super().named_modules(memo, prefix, remove_duplicate)
 
     def extra_repr(self) -> str:
         options = [f"layers={list(self._paths)}", f"output_key={self.output_key!r}"]
@@ -418,12 +509,16 @@ def _backbone_error(error: Exception, fired: list[str], keys: tuple[str, ...]) -
 # Parents call a child's state_dict() for its side effect on a shared destination, so both hooks
 # rename in place, keeping the order. Module paths in ``_metadata`` carry no trailing dot.
 def _strip_prefix(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+    module: FeatureModel, state_dict: dict[str, Any], prefix: str, local_metadata: Any
 ) -> None:
     _rename_in_place(state_dict, prefix + _PREFIX, prefix)
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
         _rename_in_place(metadata, prefix + _PREFIX, prefix, dotless=True)
+    unused = module.unused_modules
+    for key in [k for k in state_dict if k.startswith(prefix)] if unused else ():
+        if in_unused(key[len(prefix) :], unused):
+            del state_dict[key]
 
 
 def _add_prefix(
@@ -449,6 +544,22 @@ def _report_backbone_keys(module: FeatureModel, incompatible: Any) -> None:
     inner = prefix + _PREFIX
     for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
         keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]
+    unused = module.unused_modules  # a checkpoint of the view lacks them: not missing
+    incompatible.missing_keys[:] = [
+        k
+        for k in incompatible.missing_keys
+        if not (k.startswith(prefix) and in_unused(k[len(prefix) :], unused))
+    ]
+    pruned = [  # a full checkpoint, into a pruned backbone: not loaded, said
+        k
+        for k in incompatible.unexpected_keys
+        if k.startswith(prefix) and in_unused(k[len(prefix) :], unused)
+    ]
+    if pruned:
+        incompatible.unexpected_keys[:] = [
+            k for k in incompatible.unexpected_keys if k not in pruned
+        ]
+        report_pruned_keys(pruned)
 
 
 def _rename_in_place(

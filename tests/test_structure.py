@@ -37,6 +37,7 @@ CORE = [
     "featwrap.edit",
     "featwrap.layers",
     "featwrap._dryrun",
+    "featwrap.training",
     "featwrap.info",
     "featwrap.model",
 ]
