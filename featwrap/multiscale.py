@@ -8,6 +8,9 @@
   ResNet, the children of ``features`` of a MobileNet, EfficientNet, ConvNeXt, Swin, DenseNet,
   VGG...), and a rule picks the last of those modules at each stride, measured by a dry run on
   fake tensors (no compute). Vision transformers, which keep one stride, give every block.
+* Hugging Face ``transformers`` models (ViT, DeiT, DINOv2, CLIP and SigLIP vision, Swin, ConvNeXt,
+  BERT, RoBERTa, GPT-2): presets read from their configs, as :class:`~featwrap.Capture` (see
+  :mod:`featwrap.hf_stages`).
 * anything else: an error that lists what to pass instead.
 """
 
@@ -22,6 +25,8 @@ from torch import nn
 from featwrap import _layout
 from featwrap._dryrun import check_input_size, default_input_size, dry_run
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+from featwrap.hf_stages import hf_stages, is_hf_model
+from featwrap.layers import Capture
 
 __all__ = ["stages"]
 
@@ -54,11 +59,12 @@ def stages(
     out_indices: int | Sequence[int] | None = None,
     *,
     input_size: Sequence[int] | int | None = None,
-) -> list[str]:
+) -> list[str | Capture]:
     """The module paths of ``model``'s natural multi-scale stages, shallow to deep.
 
     Args:
-        model: a timm model, a torchvision classification model (or a FeatureModel of one).
+        model: a timm model, a torchvision classification model, a ``transformers`` model (or a
+            FeatureModel of one).
         out_indices: which stages, as in timm: ``None`` for all, a sequence of indices (negative
             ones count from the end), or an int ``n`` for the last ``n``.
         input_size: the size used to measure strides (torchvision models only); default: the
@@ -86,7 +92,9 @@ def stages(
         raise FeatwrapTypeError(
             f"stages expects a torch.nn.Module, got {type(model).__name__}: {model!r:.80}"
         )
-    found = _from_timm(model)
+    found: Sequence[str | Capture] | None = _from_timm(model)
+    if found is None and is_hf_model(model):
+        found = hf_stages(model)
     if found is None:
         found = _from_torchvision(model, input_size)
     if found is None:
@@ -168,10 +176,10 @@ def last_at_each_stride(
 
 
 def _select(
-    found: list[str], out_indices: int | Sequence[int] | None, model: nn.Module
-) -> list[str]:
+    found: Sequence[str | Capture], out_indices: int | Sequence[int] | None, model: nn.Module
+) -> list[str | Capture]:
     if out_indices is None:
-        return found
+        return list(found)
     n = len(found)
     if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         if not 1 <= out_indices <= n:
@@ -179,7 +187,7 @@ def _select(
                 f"out_indices={out_indices} (the last {out_indices}) but {type(model).__name__} "
                 f"has {n} stages: {found}."
             )
-        return found[n - out_indices :]
+        return list(found[n - out_indices :])
     if not isinstance(out_indices, Sequence) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in out_indices
     ):

@@ -7,7 +7,7 @@ import argparse
 
 from featwrap.errors import FeatwrapValueError
 from featwrap.hub import load_model
-from featwrap.layers import list_layers
+from featwrap.layers import Capture, list_layers
 
 HELP = (
     "list a model's layers with output shape, channels and reduction (the names FeatureModel takes)"
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     layers = None
     if args.stages:
-        layers = [s.removesuffix(":input") for s in stages(model, input_size=args.input_size)]
+        found = stages(model, input_size=args.input_size)
+        layers = [s.path if isinstance(s, Capture) else s.removesuffix(":input") for s in found]
     try:
         table = summary(
             model, args.input_size, pattern=args.pattern, depth=args.depth, layers=layers
