@@ -44,13 +44,18 @@ class DryRun:
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
     """The input size a model expects: timm's ``pretrained_cfg``, a torchvision ViT's
-    ``image_size``, else ``(3, 224, 224)``."""
+    ``image_size``, a transformers model's ``config.image_size``, else ``(3, 224, 224)``."""
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), (tuple, list)):
         return tuple(int(d) for d in cfg["input_size"])
     size = getattr(model, "image_size", None)
     if isinstance(size, int):
         return (3, size, size)
+    config = getattr(model, "config", None)  # a transformers vision model's config
+    size = getattr(config, "image_size", None)
+    channels = getattr(config, "num_channels", 3)
+    if isinstance(size, int) and isinstance(channels, int):
+        return (channels, size, size)
     return (3, 224, 224)
 
 

@@ -17,8 +17,11 @@ __all__ = [
     "HooksRemovedError",
     "LayerNotFoundError",
     "LayerSpecError",
+    "MissingDependencyError",
     "MissingFeatureError",
     "RepeatedCallError",
+    "UnknownModelError",
+    "WeightsUnavailableError",
 ]
 
 
@@ -52,6 +55,18 @@ class RepeatedCallError(FeatwrapError, RuntimeError):
 
 class HooksRemovedError(FeatwrapError, RuntimeError):
     """A FeatureModel was called after its hooks were removed."""
+
+
+class UnknownModelError(FeatwrapValueError):
+    """A model name that no registry knows."""
+
+
+class WeightsUnavailableError(FeatwrapError, RuntimeError):
+    """Pretrained weights were asked for but are neither cached nor downloadable."""
+
+
+class MissingDependencyError(FeatwrapError, ImportError):
+    """An optional dependency is not installed (``transformers`` for ``hf:`` model names)."""
 
 
 class BackboneError(FeatwrapError):
