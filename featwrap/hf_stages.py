@@ -125,12 +125,11 @@ def hf_stages(model: nn.Module) -> list[Capture]:
 
 def token_layouts(model: nn.Module) -> dict[str, TokenLayout]:
     """``{stage key: TokenLayout}`` for the stages :func:`featwrap.stages` gives a
-    ``transformers`` model: how to lay each stage's tokens onto the patch grid.
+    ``transformers`` model: how to lay each stage's tokens onto the patch grid (see the
+    Hugging Face page of the docs for a worked example).
 
-    >>> from transformers import ViTConfig, ViTModel  # doctest: +SKIP
-    >>> vit = ViTModel(ViTConfig(image_size=32, patch_size=8, num_hidden_layers=2))  # doctest: +SKIP
-    >>> token_layouts(vit)["layers.1"]  # doctest: +SKIP
-    TokenLayout(layout='NLC', prefix_tokens=1, reduction=8, padded=False)
+    Raises:
+        FeatwrapValueError: for a model type without a preset.
     """
     family, config = _family(model)
     paths = _paths(model, family, config)
