@@ -223,3 +223,28 @@ def test_feature_info_and_summary_with_keyword_inputs() -> None:
     )
     assert vit_info.channels() == [32, 32, 32]
     assert vit_info.reduction() == [8, 8, 8]
+
+
+def test_gradient_checkpointing_in_training() -> None:
+    """HF's gradient checkpointing (train mode, dropout off): features and their gradients
+    equal those of output_hidden_states."""
+    model = built(TEXT_MODELS["bert"])
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name
+    (enable or model.gradient_checkpointing_enable)()
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    inputs = text_inputs()
+    weight = model.embeddings.word_embeddings.weight
+    theirs = model(**inputs, output_hidden_states=True).hidden_states[1:]
+    sum((h**2).sum() for h in theirs).backward()
+    want = weight.grad.clone()
+    weight.grad = None
+    fm = FeatureModel(model, stages(model))
+    ours = fm(**inputs)
+    for key, h in zip(fm.layers, theirs, strict=True):
+        assert torch.equal(ours[key], h)
+    sum((ours[k] ** 2).sum() for k in fm.layers).backward()
+    torch.testing.assert_close(weight.grad, want)
+    assert model.training
