@@ -165,3 +165,20 @@ def test_model_type_without_preset() -> None:
     with pytest.raises(ValueError, match="no preset"):
         token_layouts(model)
     assert [s.path for s in stages(model.vision_model)]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["vit", "dinov2"])
+def test_other_input_sizes_follow_the_grid(name: str) -> None:
+    """48 x 40 images (position embeddings interpolated): the grid of token_layouts fits."""
+    build, prefix, patch = BLOCK_MODELS[name]
+    model = built(build)
+    x = torch.randn(1, 3, 48, 40)
+    extra = {"interpolate_pos_encoding": True} if name == "vit" else {}
+    with torch.no_grad():
+        theirs = model(pixel_values=x, output_hidden_states=True, **extra).hidden_states[-1]
+    last = stages(model)[-1]
+    got = _features(model, [last], pixel_values=x, **extra)[last.path]  # type: ignore[union-attr]
+    layout = token_layouts(model)[last.path]  # type: ignore[union-attr]
+    assert layout.grid(48, 40) == (48 // patch, 40 // patch)
+    assert got.shape[1] == prefix + (48 // patch) * (40 // patch)
+    assert torch.equal(_map(got, layout, 48, 40), _map(theirs, layout, 48, 40))
