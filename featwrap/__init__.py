@@ -17,6 +17,7 @@ from featwrap.extraction import DataError, Features, ResumeMismatchError, extrac
 from featwrap.info import DryRunWarning, FeatureInfo, FeatureMeta, feature_info
 from featwrap.layer_summary import LayerRow, LayerSummary, summary
 from featwrap.layers import Capture, LayerSpec, list_layers
+from featwrap.maps import Tokens
 from featwrap.model import FeatureModel
 from featwrap.multiscale import stages
 
@@ -39,6 +40,7 @@ __all__ = [
     "MissingFeatureError",
     "RepeatedCallError",
     "ResumeMismatchError",
+    "Tokens",
     "__version__",
     "extract",
     "feature_info",

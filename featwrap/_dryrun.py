@@ -84,6 +84,8 @@ def dry_run(
     inputs: Any = None,
     output_key: str | None = "logits",
     repeats: str = "last",
+    output_fmt: str | None = None,
+    prefix_tokens: bool = False,
 ) -> DryRun:
     """Run ``FeatureModel(backbone, layers)`` once on fake tensors (a real forward if it must)."""
     from featwrap.model import FeatureModel
@@ -95,7 +97,14 @@ def dry_run(
     )
     _check_no_lazy(backbone)
     probe = FeatureModel(
-        backbone, layers, output_key=output_key, detach=True, repeats=repeats, missing="none"
+        backbone,
+        layers,
+        output_key=output_key,
+        detach=True,
+        repeats=repeats,
+        missing="none",
+        output_fmt=output_fmt,
+        prefix_tokens=prefix_tokens,
     )
     try:
         try:
@@ -158,6 +167,9 @@ def _fake_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> An
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     saved = _python_state(probe.backbone)  # type: ignore[arg-type]
+    # functional_call swaps parameters and buffers back afterwards, but not all of them for a
+    # module registered at two paths (timm CoaT's crpe): put every one back ourselves.
+    tensors = [(m, dict(m._parameters), dict(m._buffers)) for m in probe.modules()]
     try:
         with mode, torch.no_grad():
             state: dict[str, torch.Tensor] = {
@@ -168,6 +180,9 @@ def _fake_run(probe: nn.Module, size: tuple[int, ...] | None, inputs: Any) -> An
             args, kwargs = _tree.map_tensors(mode.from_tensor, (args, kwargs))
             return functional_call(probe, state, args, kwargs)
     finally:
+        for module, parameters, buffers in tensors:
+            module._parameters.update(parameters)
+            module._buffers.update(buffers)
         _restore_python_state(saved)
 
 

@@ -173,6 +173,7 @@ def feature_info(
             )
         backbone, output_key, repeats = model.backbone, model.output_key, model.repeats
         captures: LayerSpec = list(model._captures)
+        output_fmt, prefix_tokens = model.output_fmt, model.prefix_tokens
     elif isinstance(model, nn.Module):
         if layers is None:
             raise FeatwrapValueError(
@@ -180,6 +181,7 @@ def feature_info(
                 "(see featwrap.list_layers(model) or featwrap.stages(model)), or a FeatureModel."
             )
         backbone, captures, output_key, repeats = model, layers, "logits", "last"
+        output_fmt, prefix_tokens = None, False
     else:
         raise FeatwrapTypeError(
             f"feature_info expects a FeatureModel or a torch.nn.Module, got {type(model).__name__}"
@@ -191,6 +193,8 @@ def feature_info(
         inputs=inputs,
         output_key=output_key,
         repeats=repeats,
+        output_fmt=output_fmt,
+        prefix_tokens=prefix_tokens,
     )
     metas = [_meta(k, run.paths.get(k), v, run.spatial) for k, v in run.values.items()]
     return FeatureInfo(metas, run.input_size, output_key, run.real)

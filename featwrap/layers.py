@@ -10,7 +10,9 @@ from typing import Any, TypeAlias
 
 from torch import nn
 
+from featwrap import maps
 from featwrap.errors import FeatwrapTypeError, LayerNotFoundError, LayerSpecError
+from featwrap.maps import LayoutSpec
 
 __all__ = ["Capture", "LayerSpec", "ResolvedLayer", "Selector", "list_layers", "resolve_layers"]
 
@@ -43,6 +45,13 @@ class Capture:
             positional argument. Without ``select`` an output is returned whole, structures
             included; either way ``detach`` and the in-place-safe copy apply to every tensor
             inside the value.
+        layout: how the (selected) output is laid out, for ``output_fmt``: ``"NCHW"``,
+            ``"NHWC"``, ``"NLC"`` (tokens) or a :class:`featwrap.Tokens` (prefix tokens, patch
+            size, grid). ``None``: read from the shape (3 dims are tokens with the fewest prefix
+            tokens that fit the input size; 4 dims are channels-last when only that reading fits).
+        output_fmt: return this layer as ``"NCHW"`` (a map), ``"NHWC"`` or ``"NLC"`` (the grid's
+            tokens, prefix left out), converted after the forward; ``None``: the
+            FeatureModel's ``output_fmt``. See ``FeatureModel(output_fmt=...)``.
 
     The string ``"fc:input"`` is a shorthand for ``Capture("fc", input=True)`` (with key
     ``"fc:input"``), usable anywhere a path is: in a list, or as a key of an alias dict.
@@ -61,6 +70,8 @@ class Capture:
     key: str | None = None
     input: bool = False
     select: Selector | None = None
+    layout: LayoutSpec | None = None
+    output_fmt: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):
@@ -80,6 +91,9 @@ class Capture:
                 f"Capture select must be an int (index), a str (key or attribute) or a callable, "
                 f"got {type(sel).__name__}: {sel!r:.80}"
             )
+        maps.parse_layout(self.layout, "Capture layout")
+        if self.output_fmt is not None:
+            maps.parse_fmt(self.output_fmt, "Capture output_fmt")
 
     def default_key(self, path: str) -> str:
         return path + _INPUT_SUFFIX if self.input else path
@@ -94,7 +108,8 @@ LayerSpec: TypeAlias = str | Capture | Sequence[str | Capture] | Mapping[str, st
 class ResolvedLayer:
     """One requested layer: the key it is returned under, its path and the module itself.
 
-    ``input`` and ``select`` come from a :class:`Capture` (or the ``":input"`` shorthand).
+    ``input``, ``select``, ``layout`` and ``output_fmt`` come from a :class:`Capture` (or the
+    ``":input"`` shorthand).
     """
 
     key: str
@@ -102,6 +117,8 @@ class ResolvedLayer:
     module: nn.Module
     input: bool = False
     select: Selector | None = None
+    layout: LayoutSpec | None = None
+    output_fmt: str | None = None
 
 
 def list_layers(model: nn.Module, pattern: str | None = None) -> list[str]:
@@ -175,7 +192,15 @@ def resolve_layers(
         else:
             found = [(path, _get_module(model, path, all_paths))]
         resolved += [
-            ResolvedLayer(key or capture.default_key(p), p, m, capture.input, capture.select)
+            ResolvedLayer(
+                key or capture.default_key(p),
+                p,
+                m,
+                capture.input,
+                capture.select,
+                capture.layout,
+                capture.output_fmt,
+            )
             for p, m in found
         ]
     _check_keys(resolved, output_key)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from featwrap import maps
 from featwrap._capture import Missing, Recorder, Repeats, StopForward
 from featwrap.errors import (
     BackboneError,
@@ -59,6 +60,13 @@ class FeatureModel(nn.Module):
         missing: for a requested layer that did not run in a forward: ``"error"`` (default) raises
             :class:`~featwrap.MissingFeatureError`, ``"skip"`` leaves the key out, ``"none"`` maps
             it to ``None``.
+        output_fmt: return every layer as ``"NCHW"`` (a channels-first map), ``"NHWC"`` or
+            ``"NLC"`` (tokens); ``None`` (default): as the modules return them. Tokens are laid out
+            on the grid of the actual input (prefix tokens left out), channels-last maps are
+            permuted; a :class:`~featwrap.Capture` sets its own ``output_fmt`` and ``layout``
+            (:class:`~featwrap.Tokens`). Applied after the forward, on the captured values.
+        prefix_tokens: with a format, also return each token layer's prefix tokens (class,
+            distillation, register), ``(B, prefix, C)``, under the key ``"<key>:prefix"``.
 
     >>> import torch
     >>> from torch import nn
@@ -78,6 +86,8 @@ class FeatureModel(nn.Module):
         detach: bool = False,
         repeats: Repeats | str = "last",
         missing: Missing | str = "error",
+        output_fmt: str | None = None,
+        prefix_tokens: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
@@ -115,8 +125,11 @@ class FeatureModel(nn.Module):
             selectors=[r.select for r in resolved],
         )
         self._captures = tuple(
-            Capture(r.path, key=r.key, input=r.input, select=r.select) for r in resolved
+            Capture(r.path, r.key, r.input, r.select, r.layout, r.output_fmt) for r in resolved
         )
+        self.output_fmt = output_fmt
+        self.prefix_tokens = prefix_tokens
+        self._maps = maps.converter(resolved, output_fmt, prefix_tokens)
         self._handles: list[RemovableHandle] = []
         self._removed = False
         rec, handles = self._recorder, self._handles
@@ -179,6 +192,8 @@ class FeatureModel(nn.Module):
             options.append(f"repeats={rec.repeats.value!r}")
         if rec.missing is not Missing.ERROR:
             options.append(f"missing={rec.missing.value!r}")
+        if self.output_fmt is not None:
+            options.append(f"output_fmt={self.output_fmt!r}")
         return ", ".join(options)
 
     # -- the forward -----------------------------------------------------------------------------
@@ -206,6 +221,8 @@ class FeatureModel(nn.Module):
             raise _backbone_error(error, session.fired(), recorder.keys) from error
         finally:
             recorder.close(previous)
+        if self._maps is not None:
+            return self._maps.apply(session.result(output, self.output_key), args, kwargs)
         return session.result(output, self.output_key)
 
     def _traced_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +232,8 @@ class FeatureModel(nn.Module):
             output = self.backbone(*args, **kwargs)
         finally:
             recorder.traced = None
+        if self._maps is not None:
+            return self._maps.apply(session.result(output, self.output_key), args, kwargs)
         return session.result(output, self.output_key)
 
     # -- metadata ----------------------------------------------------------------------------------

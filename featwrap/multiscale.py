@@ -2,8 +2,9 @@
 
 ``FeatureModel(model, stages(model))`` is a drop-in backbone for an FPN or a U-Net decoder:
 
-* timm models: the modules of their own ``feature_info`` (what ``features_only=True`` and
-  ``forward_intermediates`` return), so the features match timm's.
+* timm models: the modules of their own ``feature_info``, each returning the NCHW map that
+  ``forward_intermediates(output_fmt="NCHW")`` returns: tokens, channels-last maps and tuples are
+  converted (see ``featwrap/_timm_stages.py``).
 * torchvision families: a small table names where the stages live (``layer1``..``layer4`` of a
   ResNet, the children of ``features`` of a MobileNet, EfficientNet, ConvNeXt, Swin, DenseNet,
   VGG...), and a rule picks the last of those modules at each stride, measured by a dry run on
@@ -24,6 +25,7 @@ from torch import nn
 
 from featwrap import _layout
 from featwrap._dryrun import check_input_size, default_input_size, dry_run
+from featwrap._timm_stages import timm_stages
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.hf_stages import hf_stages, is_hf_model
 from featwrap.layers import Capture
@@ -71,12 +73,15 @@ def stages(
             model's own (see :func:`featwrap.feature_info`).
 
     Returns:
-        Layer specs for :class:`~featwrap.FeatureModel`: module paths, with ``":input"`` where
-        timm hooks a module's input.
+        Layer specs for :class:`~featwrap.FeatureModel`: module paths (with ``":input"`` where
+        timm hooks a module's input), and for timm stages that do not return an NCHW map
+        (tokens, channels-last maps, tuples) a :class:`~featwrap.Capture` with the ``select``,
+        ``layout`` and ``output_fmt="NCHW"`` that make it one. Keys are the module paths.
 
     Raises:
-        FeatwrapValueError: for a model with no preset (the message lists what to pass instead)
-            or an out-of-range index.
+        FeatwrapValueError: for a model with no preset (the message lists what to pass instead),
+            a timm family no module of which returns timm's feature (the message names the
+            family and timm's own extractor) or an out-of-range index.
 
     >>> from torchvision.models import resnet18
     >>> stages(resnet18())
@@ -92,7 +97,7 @@ def stages(
         raise FeatwrapTypeError(
             f"stages expects a torch.nn.Module, got {type(model).__name__}: {model!r:.80}"
         )
-    found: Sequence[str | Capture] | None = _from_timm(model)
+    found: Sequence[str | Capture] | None = timm_stages(model)
     if found is None and is_hf_model(model):
         found = hf_stages(model)
     if found is None:
@@ -100,30 +105,6 @@ def stages(
     if found is None:
         raise FeatwrapValueError(_no_preset(model, input_size))
     return _select(found, out_indices, model)
-
-
-def _from_timm(model: nn.Module) -> list[str] | None:
-    info: Any = getattr(model, "feature_info", None)
-    if info is None or not type(model).__module__.startswith("timm."):
-        return None
-    dicts = info.get_dicts() if hasattr(info, "get_dicts") else info
-    if not isinstance(dicts, list) or not all(isinstance(d, dict) and "module" in d for d in dicts):
-        return None
-    paths = {name for name, _ in model.named_modules()}
-    out: list[str] = []
-    for d in dicts:
-        path = d["module"]
-        if path not in paths and path.replace(".", "_") in paths:  # a timm FeatureListNet
-            path = path.replace(".", "_")
-        if path not in paths:
-            raise FeatwrapValueError(
-                f"timm's feature_info of {type(model).__name__} names {d['module']!r}, which is "
-                "not a submodule (timm builds these features in a separate wrapper). Use "
-                "timm.create_model(name, features_only=True), or pass layer paths yourself "
-                "(featwrap.list_layers(model))."
-            )
-        out.append(path + ":input" if d.get("hook_type") == "forward_pre" else path)
-    return out
 
 
 def _from_torchvision(model: nn.Module, input_size: Any) -> list[str] | None:

@@ -7,7 +7,7 @@ import timm
 import torch
 import torchvision.models as tvm
 
-from featwrap import FeatureModel, FeatwrapError, stages
+from featwrap import Capture, FeatureModel, FeatwrapError, Tokens, stages
 from tests.models import InplaceChain, KwargsOnly
 
 
@@ -33,10 +33,24 @@ def test_out_indices(resnet18) -> None:
 )
 def test_timm_uses_its_own_feature_info(name: str) -> None:
     model = timm.create_model(name, pretrained=False)
-    assert stages(model) == [d["module"] for d in model.feature_info]
-    assert stages(model, out_indices=(0, -1)) == [
+    assert paths(stages(model)) == [d["module"] for d in model.feature_info]
+    assert paths(stages(model, out_indices=(0, -1))) == [
         model.feature_info[0]["module"],
         model.feature_info[-1]["module"],
+    ]
+
+
+def paths(specs: list[str | Capture]) -> list[str]:
+    return [s.path if isinstance(s, Capture) else s for s in specs]
+
+
+def test_timm_maps_are_plain_paths_and_tokens_captures() -> None:
+    """NCHW stages stay plain paths; ViT blocks become Captures that lay tokens out as maps."""
+    assert all(isinstance(s, str) for s in stages(timm.create_model("resnet18")))
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=2, depth=2)
+    assert stages(vit) == [
+        Capture(f"blocks.{i}", layout=Tokens(prefix=3, patch_size=16), output_fmt="NCHW")
+        for i in range(2)
     ]
 
 
@@ -55,9 +69,9 @@ def test_timm_features_only_wrapper() -> None:
 
 
 def test_timm_model_whose_features_live_elsewhere() -> None:
+    """HRNet's feature_info names modules of timm's features wrapper; the model's own are found."""
     model = timm.create_model("hrnet_w18_small", pretrained=False)
-    with pytest.raises(ValueError, match=r"not a submodule.*features_only=True"):
-        stages(model)
+    assert stages(model) == ["act1", *(f"incre_modules.{i}" for i in range(4))]
 
 
 def test_torchvision_channels_last_and_vit() -> None:
