@@ -15,8 +15,10 @@ it. Each preset is a list of :class:`~featwrap.Capture`, one per stage, in forwa
 The block lists are found by shape, not by name (``encoder.layer``, ``layers``, ``h``: the names
 change between ``transformers`` versions): the first ``nn.ModuleList`` holding as many blocks of
 one class as the config says. Blocks return a tensor in some versions and a tuple in others;
-every Capture selects with :func:`hidden_state`, which takes either. :func:`token_layouts` gives
-each stage's layout: prefix tokens and the patch grid for an input size.
+every Capture selects with :func:`hidden_state`, which takes either, and carries the stage's
+``layout`` (a :class:`featwrap.Tokens` with the prefix tokens and the patch size), so that
+``FeatureModel(model, stages(model), output_fmt="NCHW")`` returns maps. :func:`token_layouts`
+gives each stage's layout: prefix tokens and the patch grid for an input size.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 
 from featwrap.errors import FeatwrapValueError
 from featwrap.layers import Capture
+from featwrap.maps import Tokens
 
 __all__ = ["TokenLayout", "hf_stages", "hidden_state", "is_hf_model", "token_layouts"]
 
@@ -119,8 +122,10 @@ def hf_stages(model: nn.Module) -> list[Capture]:
     Raises:
         FeatwrapValueError: for a model type without a preset, naming the ones there are.
     """
-    family, config = _family(model)
-    return [Capture(path, select=hidden_state) for path in _paths(model, family, config)]
+    return [
+        Capture(path, select=hidden_state, layout=_maps_layout(layout))
+        for path, layout in token_layouts(model).items()
+    ]
 
 
 def token_layouts(model: nn.Module) -> dict[str, TokenLayout]:
@@ -144,6 +149,16 @@ def token_layouts(model: nn.Module) -> dict[str, TokenLayout]:
         p: TokenLayout(layout, 0, patch * 2**i, padded=family.kind == "swin")
         for i, p in enumerate(paths)
     }
+
+
+def _maps_layout(layout: TokenLayout) -> Tokens | str | None:
+    """The layout ``output_fmt`` needs: tokens with their prefix and patch size, a map, or None
+    for text (no grid to lay it on)."""
+    if layout.layout == "NCHW":
+        return "NCHW"
+    if layout.reduction is None:
+        return None
+    return Tokens(prefix=layout.prefix_tokens, patch_size=layout.reduction)
 
 
 def _family(model: nn.Module) -> tuple[_Family, Any]:
