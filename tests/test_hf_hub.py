@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 import huggingface_hub.constants
 import transformers as T
 
-from featwrap import FeatureModel, stages
+from featwrap import stages
 from featwrap.cli import main as cli_main
 from featwrap.errors import FeatwrapValueError
 from featwrap.hub import (
@@ -147,18 +147,28 @@ def test_cli_extract_with_an_hf_folder(
     block = stages(model)[-1].path  # type: ignore[union-attr]
     out = tmp_path / "features"
     args = ["extract", "--model", f"hf:{folder}", "--layers", block, "--out", str(out)]
-    assert cli_main([*args, "--image-size", "32", "--quiet", "--num-workers", "0"]) == 0
+    assert cli_main([*args, "--quiet", "--num-workers", "0"]) == 0  # 32 px: the config's size
     features = load_features(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == f"hf:{folder}"
     assert "pretrained" in manifest["weights"]
     assert tuple(features[block].shape[1:]) == (17, 32)
-    from featwrap.assets import sample_dir
-    from featwrap.extraction.data import ImageFolderData, default_transform
+    import torchvision.transforms as tv
+    from PIL import Image
 
-    images = ImageFolderData(sample_dir(), default_transform(model, image_size=32))
-    assert list(features.ids) == images.ids
-    batch = torch.stack([images[i] for i in range(len(images))])
+    from featwrap.assets import sample_dir
+
+    by_hand = tv.Compose(  # resize the short side to 32 * 256 / 224, crop 32, ImageNet stats
+        [
+            tv.Resize(37),
+            tv.CenterCrop(32),
+            tv.ToTensor(),
+            tv.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    batch = torch.stack(
+        [by_hand(Image.open(sample_dir() / i).convert("RGB")) for i in features.ids]
+    )
     with torch.no_grad():
-        want = FeatureModel(model, [block], output_key=None)(batch)[block]
+        want = model(batch, output_hidden_states=True).hidden_states[-1]  # the last block
     torch.testing.assert_close(features[block], want, atol=1e-5, rtol=1e-5)
