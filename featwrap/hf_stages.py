@@ -75,7 +75,8 @@ class TokenLayout:
         """The ``(rows, columns)`` of patch tokens for an input of ``height`` x ``width`` pixels."""
         if self.reduction is None:
             raise FeatwrapValueError(
-                "This stage holds text tokens (reduction None): they have no patch grid."
+                f"{self} holds text tokens (reduction None), which have no patch grid to "
+                f"lay {height} x {width} pixels on; use its tokens (B, L, C) as they are."
             )
         r = self.reduction
         if self.padded:
@@ -211,6 +212,9 @@ def _int(value: Any) -> int:
     """A patch size given as an int or an ``(h, w)`` pair (square patches only)."""
     if isinstance(value, (tuple, list)):
         if len(set(value)) != 1:
-            raise FeatwrapValueError(f"Non-square patches {tuple(value)} are not supported.")
+            raise FeatwrapValueError(
+                f"The config's patch_size {tuple(value)} is not square, which the presets do not "
+                "cover; pass the layer paths yourself (featwrap.list_layers(model) lists them)."
+            )
         value = value[0]
     return int(value)
