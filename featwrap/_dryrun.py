@@ -48,8 +48,8 @@ class DryRun:
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
     """The input size a model expects: a timm ViT's own patch embedding size (set by
-    ``img_size=``), timm's ``pretrained_cfg``, a torchvision ViT's ``image_size``, else
-    ``(3, 224, 224)``."""
+    ``img_size=``), timm's ``pretrained_cfg``, a torchvision ViT's ``image_size``, a
+    transformers model's ``config.image_size``, else ``(3, 224, 224)``."""
     embed = getattr(model, "patch_embed", None)
     proj = getattr(embed, "proj", None)
     img_size = getattr(embed, "img_size", None)
@@ -61,6 +61,11 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
     size = getattr(model, "image_size", None)
     if isinstance(size, int):
         return (3, size, size)
+    config = getattr(model, "config", None)  # a transformers vision model's config
+    size = getattr(config, "image_size", None)
+    channels = getattr(config, "num_channels", 3)
+    if isinstance(size, int) and isinstance(channels, int):
+        return (channels, size, size)
     return (3, 224, 224)
 
 

@@ -243,7 +243,10 @@ def _mvitv2(model: Any, i: int, d: dict[str, Any]) -> Spec:
 
 
 def _twins(model: Any, i: int, d: dict[str, Any]) -> Spec:
-    """Twins: 'block.<k>' is the last block of stage k (blocks.<k> is a ModuleList, never called)."""
+    """Twins: 'block.<k>' is the last block of stage k (blocks.<k> is a ModuleList, never called),
+    or the position block that follows the first block, in a stage of one block."""
+    if len(model.blocks[i]) == 1:
+        return f"pos_block.{i}"
     return f"blocks.{i}.{len(model.blocks[i]) - 1}"
 
 
@@ -254,7 +257,34 @@ def _tresnet(model: Any, i: int, d: dict[str, Any]) -> Spec:
     return _plain(model, d)
 
 
+def _coat(model: Any, i: int, d: dict[str, Any]) -> Spec:
+    """CoaT with parallel blocks: every scale is one element of the last parallel block's output
+    (CoaT-Lite, without them, keeps its feature_info modules)."""
+    if not model.parallel_blocks:
+        return _plain(model, d)
+    last = len(model.parallel_blocks) - 1
+    return Capture(f"parallel_blocks.{last}", key=f"scale{i + 1}", select=i)
+
+
+def _crossvit(model: Any, i: int, d: dict[str, Any]) -> Spec:
+    """CrossViT: feature b * n + k is branch b of block k (blocks return one tensor per branch)."""
+    n = model.num_feature_blocks
+    branch, block = divmod(i, n)
+    return Capture(f"blocks.{block}", key=f"branch{branch}.blocks.{block}", select=branch)
+
+
+def _mobilenetv5(model: Any, i: int, d: dict[str, Any]) -> Spec:
+    """MobileNetV5: the stem feature ('bn1', which it does not have) is conv_stem's output."""
+    if d["module"] == "bn1" and not hasattr(model, "bn1"):
+        return "conv_stem"
+    return _plain(model, d)
+
+
 _REMAP = {
+    "MobileNetV5": _mobilenetv5,
+    "MobileNetV5Encoder": _mobilenetv5,
+    "CrossVit": _crossvit,
+    "CoaT": _coat,
     "HighResolutionNet": _hrnet,
     "HighResolutionNetFeatures": _hrnet,
     "MultiScaleVit": _mvitv2,

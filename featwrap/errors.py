@@ -19,9 +19,12 @@ __all__ = [
     "HooksRemovedError",
     "LayerNotFoundError",
     "LayerSpecError",
+    "MissingDependencyError",
     "MissingFeatureError",
     "PrunedModuleError",
     "RepeatedCallError",
+    "UnknownModelError",
+    "WeightsUnavailableError",
 ]
 
 
@@ -68,6 +71,18 @@ class CheckpointWarning(UserWarning):
 
 class PrunedModuleError(FeatwrapError, RuntimeError):
     """A module that ``FeatureModel.prune()`` took out of the backbone was called."""
+
+
+class UnknownModelError(FeatwrapValueError):
+    """A model name that no registry knows."""
+
+
+class WeightsUnavailableError(FeatwrapError, RuntimeError):
+    """Pretrained weights were asked for but are neither cached nor downloadable."""
+
+
+class MissingDependencyError(FeatwrapError, ImportError):
+    """An optional dependency is not installed (``transformers`` for ``hf:`` model names)."""
 
 
 class BackboneError(FeatwrapError):

@@ -1,4 +1,5 @@
-"""Models by name: ``torchvision:resnet18``, ``timm:convnext_atto``, ``package.module:factory``.
+"""Models by name: ``torchvision:resnet18``, ``timm:convnext_atto``, ``hf:org/name``,
+``package.module:factory``.
 
 Weights: ``"none"`` (random, seeded so that reruns agree), a torchvision weights name
 (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or ``"pretrained"`` when the local cache or network has them,
@@ -17,21 +18,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from featwrap import hf_hub
 from featwrap._text import did_you_mean, suggest
-from featwrap.errors import FeatwrapError, FeatwrapValueError
+from featwrap.errors import (
+    FeatwrapValueError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
 
 __all__ = ["LoadedModel", "UnknownModelError", "WeightsUnavailableError", "load_model"]
 
 #: The seed used for random weights, so that reruns and resumed runs give identical features.
 RANDOM_WEIGHTS_SEED = 0
-
-
-class UnknownModelError(FeatwrapValueError):
-    """A model name that no registry knows."""
-
-
-class WeightsUnavailableError(FeatwrapError, RuntimeError):
-    """Pretrained weights were asked for but are neither cached nor downloadable."""
 
 
 @dataclass
@@ -50,7 +48,9 @@ def load_model(name: str, weights: str | None = "none", **kwargs: Any) -> Loaded
 
     Args:
         name: ``"torchvision:resnet18"``, ``"timm:resnet18"``, ``"package.module:factory"`` or a
-            bare name looked up in torchvision, then timm.
+            bare name looked up in torchvision, then timm; ``"hf:FOLDER"`` (a ``save_pretrained``
+            folder) or ``"hf:ORG/NAME"`` (in the local Hugging Face cache) for a
+            ``transformers`` model (see :mod:`featwrap.hf_hub`; needs ``featwrap[hf]``).
         weights: ``"none"``/``None`` for random (seeded) weights, ``"pretrained"``/``"DEFAULT"``
             or a torchvision weights name, or a path to a local checkpoint (a state dict, or a dict
             holding one under ``"state_dict"``, ``"model"`` or ``"model_state_dict"``).
@@ -60,6 +60,8 @@ def load_model(name: str, weights: str | None = "none", **kwargs: Any) -> Loaded
         raise FeatwrapValueError(f"model name must be a non-empty string, got {name!r}")
     weights = "none" if weights is None else str(weights)
     checkpoint = _checkpoint_path(weights)
+    if name.startswith(hf_hub.HF_PREFIX):
+        return _finish(_hf(name, None if checkpoint else weights, kwargs), checkpoint)
     source, _, short = name.rpartition(":")
     if source in ("", "torchvision", "tv"):
         if source or _torchvision_has(short):
@@ -193,6 +195,29 @@ def _timm(name: str, weights: str | None, kwargs: dict[str, Any]) -> LoadedModel
     return LoadedModel(model, f"timm:{name}", "pretrained", True)
 
 
+# -- hf: transformers models from a folder or the cache -------------------------------------------
+def _hf(name: str, weights: str | None, kwargs: dict[str, Any]) -> LoadedModel:
+    folder = hf_hub.model_folder(name)
+    if _is_random(weights):
+        model = _random(lambda: hf_hub.build(folder, False, kwargs))
+        return LoadedModel(model, name, f"none (random, seed {RANDOM_WEIGHTS_SEED})", False)
+    assert weights is not None
+    if weights.lower() not in ("pretrained", "default", "true"):
+        raise FeatwrapValueError(
+            f"weights={weights!r} for {name}: use 'pretrained' (the weights in {folder}), 'none' "
+            "(random) or the path of a checkpoint file."
+        )
+    found = hf_hub.weights_file(folder)
+    if found is None:
+        raise WeightsUnavailableError(
+            f"{name} has no weights in {folder} (none of {', '.join(hf_hub.WEIGHTS_FILES)}), "
+            "only its config. Save the model there with save_pretrained, download it once "
+            "online (huggingface-cli download ORG/NAME), or use weights='none' for random "
+            "weights."
+        )
+    return LoadedModel(hf_hub.build(folder, True, kwargs), name, f"pretrained ({found})", True)
+
+
 # -- package.module:factory ------------------------------------------------------------------------
 def _factory(
     module_name: str, attr: str, weights: str | None, kwargs: dict[str, Any]
@@ -261,10 +286,13 @@ def load_model_cached(name: str, **kwargs: Any) -> tuple[LoadedModel, str | None
     """The model with pretrained weights when they are in the local cache, else random ones.
 
     Never downloads. torchvision weights are looked up in ``torch.hub``'s checkpoint folder
-    (``$TORCH_HOME/hub/checkpoints``), timm weights in the Hugging Face cache. Returns the model
-    and, when it fell back to random (seeded) weights, a note that says so and how to get the
-    pretrained ones; ``None`` when the weights are pretrained (or the model has none to offer).
+    (``$TORCH_HOME/hub/checkpoints``), timm weights in the Hugging Face cache, ``hf:`` weights in
+    the model's folder or cache snapshot. Returns the model and, when it fell back to random
+    (seeded) weights, a note that says so and how to get the pretrained ones; ``None`` when the
+    weights are pretrained (or the model has none to offer).
     """
+    if name.startswith(hf_hub.HF_PREFIX):
+        return _hf_cached(name, kwargs)
     source, _, short = name.rpartition(":")
     if source in ("", "torchvision", "tv") and (source or _torchvision_has(short)):
         cached = _cached_torchvision_weights(short)
@@ -297,6 +325,19 @@ def load_model_cached(name: str, **kwargs: Any) -> tuple[LoadedModel, str | None
             "run once online with --weights pretrained, or pass a checkpoint file as --weights",
         )
     return load_model(name, "none", **kwargs), None
+
+
+def _hf_cached(name: str, kwargs: dict[str, Any]) -> tuple[LoadedModel, str | None]:
+    folder = hf_hub.model_folder(name)
+    if hf_hub.weights_file(folder) is not None:
+        return _finish(_hf(name, "pretrained", kwargs), None), None
+    loaded = _finish(_hf(name, "none", kwargs), None)
+    return loaded, _random_note(
+        name,
+        f"{folder} (its config only)",
+        "save_pretrained the model into that folder, or download it once online "
+        "(huggingface-cli download ORG/NAME)",
+    )
 
 
 def _cached_torchvision_weights(name: str) -> tuple[str, Path, str] | None:

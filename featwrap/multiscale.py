@@ -9,6 +9,9 @@
   ResNet, the children of ``features`` of a MobileNet, EfficientNet, ConvNeXt, Swin, DenseNet,
   VGG...), and a rule picks the last of those modules at each stride, measured by a dry run on
   fake tensors (no compute). Vision transformers, which keep one stride, give every block.
+* Hugging Face ``transformers`` models (ViT, DeiT, DINOv2, CLIP and SigLIP vision, Swin, ConvNeXt,
+  BERT, RoBERTa, GPT-2): presets read from their configs, as :class:`~featwrap.Capture` (see
+  :mod:`featwrap.hf_stages`).
 * anything else: an error that lists what to pass instead.
 """
 
@@ -24,6 +27,7 @@ from featwrap import _layout
 from featwrap._dryrun import check_input_size, default_input_size, dry_run
 from featwrap._timm_stages import timm_stages
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
+from featwrap.hf_stages import hf_stages, is_hf_model
 from featwrap.layers import Capture
 from featwrap.model import FeatureModel
 
@@ -62,7 +66,8 @@ def stages(
     """The module paths of ``model``'s natural multi-scale stages, shallow to deep.
 
     Args:
-        model: a timm model, a torchvision classification model (or a FeatureModel of one).
+        model: a timm model, a torchvision classification model, a ``transformers`` model (or a
+            FeatureModel of one).
         out_indices: which stages, as in timm: ``None`` for all, a sequence of indices (negative
             ones count from the end), or an int ``n`` for the last ``n``.
         input_size: the size used to measure strides (torchvision models only); default: the
@@ -92,6 +97,8 @@ def stages(
             f"stages expects a torch.nn.Module, got {type(model).__name__}: {model!r:.80}"
         )
     found: Sequence[str | Capture] | None = timm_stages(model)
+    if found is None and is_hf_model(model):
+        found = hf_stages(model)
     if found is None:
         found = _from_torchvision(model, input_size)
     if found is None:

@@ -11,6 +11,8 @@ For each page of docs/ (one test per page), in page order and in one namespace:
   other shell lines (installing, building the site, torchrun) are what .ci/run and the recipe
   tests run.
 * a python block preceded by ``<!-- no-run: REASON -->`` is not run; the reason is required.
+* a page that starts with ``<!-- requires: PACKAGE -->`` (an optional dependency, installed in
+  the dev group) is skipped where that package is not installed.
 * the ``>>>`` examples of the docstrings that docs/api.md renders run as doctests.
 
 Code and output blocks stay within 80 columns (snippets included), the width the site shows
@@ -47,6 +49,7 @@ FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
+REQUIRES = re.compile(r"\A<!--\s*requires:\s*(?P<package>[\w.]+)\s*-->")
 SNIPPET = re.compile(r'^[ \t]*--8<--[ \t]+"(?P<path>[^"]+)"[ \t]*$', re.MULTILINE)
 
 
@@ -113,6 +116,9 @@ def console_commands(code: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_code_blocks_run(page: Path) -> None:
     text = page.read_text()
+    required = REQUIRES.match(text)
+    if required:
+        pytest.importorskip(required["package"])
     found = blocks(text)
     # a real module, so that dataclasses, pickle and typing find the page's definitions
     module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
+from featwrap._dryrun import default_input_size
 from featwrap.extraction.errors import DataError
 
 __all__ = [
@@ -203,8 +204,9 @@ def default_transform(
 
     The pretrained weights' own preset when there is one (torchvision weights) and no
     ``image_size`` is asked for; timm's data config for timm models; otherwise resize the short
-    side to ``image_size * 256 / 224``, center-crop ``image_size`` (default 224), scale to [0, 1]
-    and normalize with the ImageNet mean and std.
+    side to ``image_size * 256 / 224``, center-crop ``image_size`` (default: the model's own size,
+    e.g. a transformers config's ``image_size``, else 224), scale to [0, 1] and normalize with
+    the ImageNet mean and std.
     """
     import torchvision.transforms as T
 
@@ -219,7 +221,7 @@ def default_transform(
             config["input_size"] = (3, image_size, image_size)
         transform: Transform = create_transform(**config, is_training=False)
         return transform
-    size = 224 if image_size is None else image_size
+    size = image_size if image_size is not None else default_input_size(model)[-1]
     standard: Transform = T.Compose(
         [
             T.Resize(round(size * 256 / 224)),
