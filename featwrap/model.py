@@ -173,8 +173,9 @@ class FeatureModel(nn.Module):
         self._loading_prefixes: list[str] = []
         self._unused: tuple[str, ...] = ()  # the full view while the fake forward runs
         self._unused_why: str | None = None  # why it could not be found, until said once
-        if stop_early and not detach:
-            self._unused, self._unused_why = find_unused_or_why(self)
+        # found on first use of the view (parameters(), state_dict(), DDP...), not here: the
+        # fake forward runs the model's own hooks, and most FeatureModels never need the view
+        self._view_pending = stop_early and not detach
         self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
 
     @staticmethod
@@ -222,14 +223,22 @@ class FeatureModel(nn.Module):
         ``fm.named_parameters()``, ``fm.buffers()``, ``fm.modules()`` (so of optimizers, DDP and
         FSDP) and of ``fm.state_dict()``; ``fm.backbone`` still holds them, unchanged, and
         ``fm.load_state_dict`` fills them when the checkpoint has their keys (a checkpoint without
-        them loads strictly too). Found here, with one forward on fake tensors (no compute) for
-        the input size the model expects; empty with an ``output_key`` or ``detach=True``.
+        them loads strictly too). Found on first use, with one forward on fake tensors (no compute) for
+        the input size the model expects, on first use; empty with an ``output_key`` or
+        ``detach=True``.
         Call :meth:`find_unused` for other inputs.
 
         >>> from torchvision.models import resnet18
         >>> FeatureModel(resnet18(), ["layer3"], output_key=None).unused_modules
         ('layer4', 'fc')
         """
+        return self._view()
+
+    def _view(self) -> tuple[str, ...]:
+        """:attr:`unused_modules`, found on first use (one forward on fake tensors)."""
+        if self.__dict__.get("_view_pending") and not torch.compiler.is_compiling():
+            self._view_pending = False  # the full view while the fake forward runs
+            self._unused, self._unused_why = find_unused_or_why(self)
         return self._unused
 
     def find_unused(
@@ -243,7 +252,7 @@ class FeatureModel(nn.Module):
         """
         if self.output_key is not None or self._recorder.detach:
             return ()
-        self._unused, self._unused_why = (), None
+        self._unused, self._unused_why, self._view_pending = (), None, False
         self._unused = find_unused(self, input_size, inputs)
         return self._unused
 
@@ -264,7 +273,7 @@ class FeatureModel(nn.Module):
         (['layer4', 'fc'], Pruned(Linear, taken out by FeatureModel.prune()))
         >>> fm.unprune(removed)
         """
-        return prune(self.backbone, self._unused, self._recorder)
+        return prune(self.backbone, self._view(), self._recorder)
 
     def unprune(self, removed: dict[str, nn.Module]) -> None:
         """Put back the modules that :meth:`prune` took out of the backbone."""
@@ -278,7 +287,7 @@ class FeatureModel(nn.Module):
     ) -> Iterator[tuple[str, nn.Module]]:
         """As ``nn.Module.named_modules``, without :attr:`unused_modules` (so are
         ``parameters()``, ``buffers()`` and their named forms)."""
-        unused = self._unused
+        unused = self._view()
         if self._unused_why is not None:
             why, self._unused_why = self._unused_why, None
             warn_view_incomplete(why)

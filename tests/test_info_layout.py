@@ -5,13 +5,15 @@ table for timm models; otherwise what the measured sizes round to), the measured
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import timm
 import torch
 import torchvision.models as tvm
 from torch import nn
 
-from featwrap import FeatureModel, feature_info, stages
+from featwrap import Capture, FeatureModel, feature_info, stages
 from tests.reference import reference
 
 
@@ -131,7 +133,10 @@ def test_agrees_with_timm_feature_info(name: str, size: int | None) -> None:
     assert info.channels() == want_channels
     assert info.reduction() == want_reduction
     wrapped = nn.Sequential(model)
-    paths = [f"0.{p}" for p in stages(model)]
+    paths = [  # stages may be Captures (tokens laid out as maps): the same, one level down
+        dataclasses.replace(p, path=f"0.{p.path}") if isinstance(p, Capture) else f"0.{p}"
+        for p in stages(model)
+    ]
     size_ = input_size or tuple(model.pretrained_cfg["input_size"])
     by_rule = feature_info(wrapped, size_, layers=paths)
     assert by_rule.reduction() == want_reduction

@@ -18,7 +18,7 @@ from typing import Any
 
 from featwrap._options import OnError, Pooling
 from featwrap.cli._parsing import WordList, add_command
-from featwrap.errors import FeatwrapError, FeatwrapValueError
+from featwrap.errors import FeatwrapError
 
 HELP = "extract layers' features over a dataset to safetensors (resumable, torchrun-ready)"
 
@@ -98,12 +98,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--autocast",
         default=None,
         choices=("bfloat16", "float16"),
-        help="run the forwards under autocast (mixed precision) in this dtype",
+        help="run the forwards under autocast (mixed precision) in this dtype "
+        "(default: the model's own dtype, no autocast)",
     )
     p.add_argument(
-        "--channels-last", action="store_true", help="model and images in channels_last format"
+        "--channels-last",
+        action="store_true",
+        help="model and images in channels_last format (default: off)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model's forward (default: off)"
+    )
     p.add_argument(
         "--on-error",
         choices=OnError.choices(),
@@ -179,9 +184,6 @@ def _run(args: argparse.Namespace) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     say = _printer(args.quiet or rank != 0)
-    for name in ("batch_size", "shard_size"):
-        if getattr(args, name) < 1:
-            raise FeatwrapValueError(f"--{name.replace('_', '-')} must be at least 1")
     layers = list(args.layers)
     loaded, note = load_model_noted(args.model, args.weights)
     if note:
