@@ -130,22 +130,25 @@ def test_missing_cross_attention_without_encoder_states(missing: str) -> None:
 
 
 def test_early_stop_with_keyword_inputs() -> None:
-    """output_key=None with keyword inputs: the forward ends after the embeddings' dropout
-    (a child of the root), the blocks never run, and the value is the reference's."""
+    """output_key=None with keyword inputs: the embeddings' dropout (a module without weights
+    at the root, which a model may call again) is final at the forward's end by default, and at
+    its first call with repeats="first": then the blocks never run. Values are the reference's."""
     model = built(TEXT_MODELS["gpt2"])
     inputs = text_inputs()
     with torch.no_grad():
         _, ref = reference(model, ["drop", "h.0"], **inputs)
-    ran: list[int] = []
-    handle = model.h[0].register_forward_hook(lambda *args: ran.append(1))
-    try:
-        with torch.no_grad():
-            out = FeatureModel(model, ["drop"], output_key=None)(**inputs)
-    finally:
-        handle.remove()
-    assert list(out) == ["drop"]
-    assert torch.equal(out["drop"], ref["drop"][0])
-    assert ran == []
+    for repeats, blocks_run in (("last", [1]), ("first", [])):
+        ran: list[int] = []
+        handle = model.h[0].register_forward_hook(lambda *args, ran=ran: ran.append(1))
+        try:
+            with torch.no_grad():
+                fm = FeatureModel(model, ["drop"], output_key=None, repeats=repeats)
+                out = fm(**inputs)
+        finally:
+            handle.remove()
+        assert list(out) == ["drop"]
+        assert torch.equal(out["drop"], ref["drop"][0])
+        assert ran == blocks_run
 
 
 @pytest.mark.parametrize("name", ["vit", "dinov2"])

@@ -395,7 +395,13 @@ class _Job:
                     ahead = max(1, loader.num_workers * (loader.prefetch_factor or 2))
                     raise self._worker_died(loaded[read : read + ahead], error) from error
                 read += 1
-                rows = None if batch is None else self._rows(batch, indices)
+                try:
+                    rows = None if batch is None else self._rows(batch, indices)
+                except RuntimeError as error:  # PyTorch's SIGCHLD handler raises where it lands
+                    if not _worker_death(error, loader.num_workers):
+                        raise
+                    ahead = max(1, loader.num_workers * (loader.prefetch_factor or 2))
+                    raise self._worker_died(loaded[read : read + ahead], error) from error
             for index, problem in failed:
                 if self.on_error == "fail":
                     raise self._unreadable(index, problem)
