@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -255,7 +255,7 @@ class _Job:
 
     def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
-        _on_rank_zero(ranks, lock.acquire)
+        ranks.first(lock.acquire)
         try:
             return self._locked(output, overwrite, ranks)
         finally:
@@ -263,7 +263,7 @@ class _Job:
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
-        opened = _on_rank_zero(ranks, lambda: self._open(output, spec, overwrite))
+        opened = ranks.first(lambda: self._open(output, spec, overwrite))
         (state, layout, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
@@ -284,7 +284,7 @@ class _Job:
         ranks.agree(error)
         manifest = {**self._manifest(spec), "content_sha256": digest}
         ids, targets = self.source.ids, self.source.targets
-        _on_rank_zero(ranks, lambda: output.finalize(layout, n_shards, ids, targets, manifest))
+        ranks.first(lambda: output.finalize(layout, n_shards, ids, targets, manifest))
         return load_features(output.root)
 
     def _open(
@@ -519,22 +519,6 @@ def _stream_job(
         batch_size or stream.batch_size or 32, num_workers, on_error, progress,
         Parameters.of(model.module), speed, spec, manifest,
     )  # fmt: skip
-
-
-T = TypeVar("T")
-
-
-def _on_rank_zero(ranks: Ranks, work: Callable[[], T]) -> T:
-    """Rank 0 does ``work``; every rank waits, and raises its error if it failed."""
-    result: Any = None
-    error = None
-    if ranks.rank == 0:
-        try:
-            result = work()
-        except Exception as e:
-            error = e
-    ranks.agree(error)
-    return result  # type: ignore[no-any-return]
 
 
 def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Exception | None:
