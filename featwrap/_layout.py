@@ -92,7 +92,7 @@ def read(shape: tuple[int, ...], spatial: tuple[int, ...]) -> Reading:
     return _UNCLEAR
 
 
-def describe(
+def read_meta(
     shape: tuple[int, ...], spatial: tuple[int, ...]
 ) -> tuple[str | None, int | None, float | None]:
     """``(layout, channels, nominal reduction)`` of a feature of ``shape`` (without batch)."""

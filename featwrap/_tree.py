@@ -121,7 +121,7 @@ def select_output(value: Any, selector: Any, key: str) -> Any:
         return getattr(value, selector)
     except (IndexError, KeyError, AttributeError, TypeError) as error:
         raise LayerSpecError(
-            f"select={selector!r} for layer {key!r} does not fit its output, {describe(value)} "
+            f"select={selector!r} for layer {key!r} does not fit its output, {describe_structure(value)} "
             f"({type(error).__name__}: {error}). Pick an index, key or attribute it has, or pass "
             "a callable."
         ) from None
@@ -191,12 +191,12 @@ def replace_output(value: Any, selector: Any, new: Any, key: str) -> Any:
             return clone
     raise EditError(
         f"Cannot write the edited part {selector!r} of layer {key!r} back into its output, "
-        f"{describe(value)}. Edit the whole output instead (a FeatureModel whose layer has no "
+        f"{describe_structure(value)}. Edit the whole output instead (a FeatureModel whose layer has no "
         "select), returning the new structure."
     )
 
 
-def describe(value: Any) -> str:
+def describe_structure(value: Any) -> str:
     """A short description of a structure for error messages: its type and its keys or length."""
     name = type(value).__name__
     if isinstance(value, Mapping):

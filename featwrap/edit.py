@@ -60,7 +60,7 @@ class _Rule:
             return new
         if not isinstance(value, Tensor):
             raise EditError(
-                f"Layer {self.key!r} gives {_tree.describe(value)}, which a tensor cannot "
+                f"Layer {self.key!r} gives {_tree.describe_structure(value)}, which a tensor cannot "
                 "replace. Pass a function that builds the new value, or capture one part "
                 "with featwrap.Capture(path, select=...) and replace that."
             )

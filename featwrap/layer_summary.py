@@ -170,7 +170,7 @@ def summary(
         last = calls[-1] if calls else None
         channels = reduction = None
         if isinstance(last, torch.Tensor):
-            _, channels, reduction = _layout.describe(tuple(last.shape[1:]), run.spatial)
+            _, channels, reduction = _layout.read_meta(tuple(last.shape[1:]), run.spatial)
         rows.append(
             LayerRow(
                 path,

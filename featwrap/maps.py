@@ -202,7 +202,7 @@ def convert(
     """``value`` in ``rule.fmt``, and its prefix tokens (``None`` for maps and prefix-free tokens)."""
     if not isinstance(value, Tensor):
         raise FeatwrapTypeError(
-            f"Layer {key!r} returned {_tree.describe(value)}, which output_fmt cannot lay out as a "
+            f"Layer {key!r} returned {_tree.describe_structure(value)}, which output_fmt cannot lay out as a "
             "map. Pick its tensor with featwrap.Capture(path, select=0) (an index, key or "
             "callable)."
         )
@@ -233,7 +233,7 @@ def _infer(value: Tensor, spatial: tuple[int, ...], key: str) -> Layout:
         return Layout.NLC
     if value.dim() == 4:
         if spatial:
-            layout, _, _ = _layout.describe(tuple(value.shape[1:]), spatial)
+            layout, _, _ = _layout.read_meta(tuple(value.shape[1:]), spatial)
             if layout == "NHWC":
                 return Layout.NHWC
         return Layout.NCHW

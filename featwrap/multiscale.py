@@ -145,7 +145,7 @@ def last_at_each_stride(
         if value is None or not hasattr(value, "shape"):
             continue
         shape = tuple(value.shape[1:])
-        layout, _, reduction = _layout.describe(shape, run.spatial)
+        layout, _, reduction = _layout.read_meta(shape, run.spatial)
         if reduction is None or layout is None or layout in ("NC", "NLC"):
             continue
         spatial = shape[1:] if layout.startswith("NC") else shape[:-1]

@@ -315,7 +315,7 @@ def test_argument_errors(net: TinyNet, data: TensorDataset) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["featwrap.extraction.data", "featwrap.extraction.layout", "featwrap.extraction.plan", "featwrap.extraction.store",
+    ["featwrap.extraction.data", "featwrap.extraction.safetensors_file", "featwrap.extraction.plan", "featwrap.extraction.store",
      "featwrap.extraction.pool", "featwrap.extraction.inputs", "featwrap.extraction.tokens",
      "featwrap.extraction.tars", "featwrap.viz"],
 )  # fmt: skip

@@ -27,7 +27,6 @@ __all__ = [
     "ImageFolderData",
     "Source",
     "default_transform",
-    "describe",
     "find_images",
     "first_readable",
     "make_loader",
@@ -36,6 +35,7 @@ __all__ = [
     "read_batch",
     "read_rgb",
     "resolve_source",
+    "stable_repr",
 ]
 
 #: The file endings read as images (torchvision's ``IMG_EXTENSIONS``), compared case-insensitively.
@@ -262,7 +262,7 @@ def resolve_source(
             dataset=folder,
             ids=folder.ids,
             description=f"image folder {str(Path(data).resolve())!r} ({len(folder)} images{n_classes})",
-            transform=describe(transform),
+            transform=stable_repr(transform),
             classes=folder.classes,
             targets=folder.targets,
         )
@@ -300,7 +300,7 @@ def _dataset_source(dataset: Any) -> Source:
         dataset=dataset,
         ids=ids,
         description=f"{type(dataset).__module__}.{type(dataset).__qualname__} ({n} samples)",
-        transform=None if transform is None else describe(transform),
+        transform=None if transform is None else stable_repr(transform),
         classes=classes,
         targets=targets,
     )
@@ -321,10 +321,10 @@ def _dataset_ids(dataset: Any, n: int) -> tuple[list[str], list[str] | None, lis
     return [str(i) for i in range(n)], None, None
 
 
-def describe(obj: Any) -> str:
+def stable_repr(obj: Any) -> str:
     """A repr that is the same in every process: functions by qualified name, and no addresses.
 
-    >>> describe(len), describe(lambda x: x)
+    >>> stable_repr(len), stable_repr(lambda x: x)
     ('builtins.len', 'featwrap.extraction.data.<lambda>')
     """
     if inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.ismethod(obj):

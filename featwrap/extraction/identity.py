@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from featwrap.extraction.data import Source, describe
+from featwrap.extraction.data import Source, stable_repr
 
 __all__ = [
     "FINGERPRINT_SAMPLES",
@@ -175,7 +175,7 @@ def _hash_into(digest: Any, obj: Any) -> None:
     elif isinstance(obj, Path):
         digest.update(os.fspath(obj).encode(errors="surrogateescape"))
     else:
-        digest.update(describe(obj).encode(errors="backslashreplace"))
+        digest.update(stable_repr(obj).encode(errors="backslashreplace"))
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:

@@ -13,7 +13,7 @@ import torch
 
 from featwrap._text import dtype_name, table
 from featwrap.extraction.errors import DataError
-from featwrap.extraction.layout import dtype_from_name, read_header
+from featwrap.extraction.safetensors_file import dtype_from_name, read_header
 from featwrap.extraction.store import FEATURES_FILE, MANIFEST_FILE, Output, read_record
 from featwrap.extraction.tokens import jagged
 

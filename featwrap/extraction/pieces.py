@@ -24,7 +24,7 @@ import torch
 
 from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError
-from featwrap.extraction.layout import DTYPES, dtype_from_name
+from featwrap.extraction.safetensors_file import DTYPES, dtype_from_name
 from featwrap.extraction.store import Output, write_atomic
 from featwrap.extraction.tokens import Ragged
 

@@ -70,9 +70,9 @@ def pool_name(pool: Pool) -> str:
     """How a pooling is named in the manifest (a callable by its qualified name)."""
     if isinstance(pool, str):
         return pool
-    from featwrap.extraction.data import describe
+    from featwrap.extraction.data import stable_repr
 
-    return describe(pool)
+    return stable_repr(pool)
 
 
 def apply_pool(pool: Pool, value: Any, key: str) -> torch.Tensor:

@@ -21,16 +21,15 @@ from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.extraction.data import (
     Source,
     default_transform,
-    describe,
     first_readable,
     make_loader,
     model_input,
     read_batch,
     resolve_source,
+    stable_repr,
 )
 from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters
-from featwrap.extraction.layout import Layout
 from featwrap.extraction.load import Features, load_features
 from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.plan import Step, plan_batches
@@ -38,6 +37,7 @@ from featwrap.extraction.pool import PoolSpec, pool_name, resolve_pools
 from featwrap.extraction.ranks import Ranks, join_ranks
 from featwrap.extraction.resume import check_finished, reconcile, run_record
 from featwrap.extraction.rows import Forward, compute_rows, feature_forward
+from featwrap.extraction.safetensors_file import FilePlan
 from featwrap.extraction.sinks import FileSink, MemorySink, Sink
 from featwrap.extraction.speed import Speed, model_format
 from featwrap.extraction.store import FEATURES_FILE, Output
@@ -154,7 +154,7 @@ def extract(
     def images() -> Callable[[Any], Any]:
         return transform or default_transform(module, resolved.preset, image_size)
 
-    stream = open_stream(data, images, shard_size, describe)
+    stream = open_stream(data, images, shard_size, stable_repr)
     forward, paths = feature_forward(module, layers)
     keys = list(paths)
     pools = resolve_pools(pool, keys)
@@ -264,7 +264,7 @@ class _Job:
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
         opened = ranks.first(lambda: self._open(output, spec, overwrite))
-        (state, layout, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
+        (state, plan, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
         ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
@@ -278,20 +278,20 @@ class _Job:
         error = None
         try:
             if steps:
-                self._run(steps, lambda: FileSink(output, layout), ranks, done_rows)
+                self._run(steps, lambda: FileSink(output, plan), ranks, done_rows)
         except Exception as e:
             error = e
         ranks.agree(error)
         manifest = {**self._manifest(spec), "content_sha256": digest}
         ids, targets = self.source.ids, self.source.targets
-        ranks.first(lambda: output.finalize(layout, n_shards, ids, targets, manifest))
+        ranks.first(lambda: output.finalize(plan, n_shards, ids, targets, manifest))
         return load_features(output.root)
 
     def _open(
         self, output: Output, spec: dict[str, Any], overwrite: bool
-    ) -> tuple[str, Layout, int, str]:
+    ) -> tuple[str, FilePlan, int, str]:
         """Rank 0: check the directory against ``spec`` and the data; start or resume the run
-        in it. Returns the state, the file layout, the batch size and the data's digest."""
+        in it. Returns the state, the file plan, the batch size and the data's digest."""
         state = output.start(spec, overwrite, self.source.ids)
         if state != "new":
             try:
@@ -300,23 +300,23 @@ class _Job:
                 if not overwrite:
                     raise
                 output.remove_run()
-        layout = self._probe_layout()
+        plan = self._probe_plan()
         record, digest = run_record(self.source, self.batch_size)
-        output.create(spec, layout, record)
-        return "new", layout, self.batch_size, digest
+        output.create(spec, plan, record)
+        return "new", plan, self.batch_size, digest
 
-    def _reopen(self, output: Output, state: str) -> tuple[str, Layout, int, str]:
+    def _reopen(self, output: Output, state: str) -> tuple[str, FilePlan, int, str]:
         if state == "complete":
             check_finished(output, self.source)
-            return state, Layout(0, ()), self.batch_size, ""
-        layout = output.layout()
+            return state, FilePlan(0, ()), self.batch_size, ""
+        plan = output.plan()
         batch_size, notes, digest = reconcile(output, self.source, self.shard_size, self.batch_size)
         for note in notes:
             warnings.warn(note, ResumeWarning, stacklevel=_caller_level())
-        output.resume(layout)
-        return state, layout, batch_size, digest
+        output.resume(plan)
+        return state, plan, batch_size, digest
 
-    def _probe_layout(self) -> Layout:
+    def _probe_plan(self) -> FilePlan:
         """Feature shapes and dtypes, from the first batch (kept: the loop does not compute it
         again), or from the first readable sample if that whole batch is unreadable."""
         step = plan_batches(self.n, self.shard_size, self.batch_size, [0])[0]
@@ -330,7 +330,7 @@ class _Job:
             _, batch = first_readable(self.source, True, self._unreadable)
             rows = self._rows(batch, [0])
         shapes = {k: (tuple(v.shape[1:]), v.dtype) for k, v in rows.items()}
-        return Layout.plan(self.n, shapes, {"format": "pt"})
+        return FilePlan.plan(self.n, shapes, {"format": "pt"})
 
     def _rows(self, batch: Any, indices: list[int]) -> dict[str, torch.Tensor]:
         return compute_rows(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from featwrap.extraction import _testing
-from featwrap.extraction.layout import Layout, index_runs
+from featwrap.extraction.safetensors_file import FilePlan, index_runs
 from featwrap.extraction.space import disk_full, is_disk_full, unwritten_bytes
 from featwrap.extraction.store import Output
 
@@ -74,9 +74,9 @@ def _nothing() -> None:
 class FileSink:
     """Writes rows into the partial file in place, in a background thread; commits shards."""
 
-    def __init__(self, output: Output, layout: Layout) -> None:
+    def __init__(self, output: Output, plan: FilePlan) -> None:
         self.output = output
-        self.layout = layout
+        self.plan = plan
         self._fd = os.open(output.partial, os.O_WRONLY | getattr(os, "O_BINARY", 0))
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
@@ -129,7 +129,7 @@ class FileSink:
                 self._failed = True
                 self._error = error
                 if is_disk_full(error):
-                    rest = unwritten_bytes(self.output.partial, self.layout.file_bytes)
+                    rest = unwritten_bytes(self.output.partial, self.plan.file_bytes)
                     self._error = disk_full(self.output.root, error, "writing rows", rest)
             except BaseException as error:
                 self._failed = True
@@ -137,9 +137,9 @@ class FileSink:
 
     def _write(self, indices: list[int], rows: dict[str, torch.Tensor]) -> None:
         getattr(rows, "wait", _nothing)()  # device-to-host copies in flight
-        base = self.layout.data_start
+        base = self.plan.data_start
         for key, value in rows.items():
-            layer = self.layout[key]
+            layer = self.plan[key]
             data = value.contiguous().reshape(-1).view(torch.uint8).numpy()
             rb = layer.row_bytes
             position = 0

@@ -1,7 +1,7 @@
 """The output directory: a run's arguments, its shards, resume, and the final manifest.
 
 While a run goes on, ``DIR/.featwrap-run/`` holds ``run.json`` (the arguments that determine the
-values, and the file layout), ``features.safetensors.partial`` (allocated at full size; each
+values, and the file plan), ``features.safetensors.partial`` (allocated at full size; each
 process writes its shards' rows in place) and ``shards/NNNNNN.json``, one marker per committed
 shard, written only after the shard's rows are flushed to disk. When every shard is committed,
 rank 0 renames the file to ``DIR/features.safetensors`` (leaving out unreadable samples, if any
@@ -26,8 +26,8 @@ from typing import Any
 from featwrap._text import dtype_name
 from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
-from featwrap.extraction.layout import Layout, index_runs
 from featwrap.extraction.lock import LOCK_FILE
+from featwrap.extraction.safetensors_file import FilePlan, index_runs
 from featwrap.extraction.space import check_space, disk_full, is_disk_full, unwritten_bytes
 
 __all__ = ["FEATURES_FILE", "MANIFEST_FILE", "Output", "read_record", "write_atomic"]
@@ -178,15 +178,15 @@ class Output:
             shutil.rmtree(self.work)
 
     def create(
-        self, spec: dict[str, Any], layout: Layout, extra: dict[str, Any] | None = None
+        self, spec: dict[str, Any], plan: FilePlan, extra: dict[str, Any] | None = None
     ) -> None:
-        """Start a new run: ``run.json`` (``spec``, ``layout`` and ``extra`` entries), then the
+        """Start a new run: ``run.json`` (``spec``, ``plan`` and ``extra`` entries), then the
         allocated partial file (rank 0 only)."""
-        check_space(self.root, layout.file_bytes, f"the features file ({FEATURES_FILE})")
+        check_space(self.root, plan.file_bytes, f"the features file ({FEATURES_FILE})")
         self.shards.mkdir(parents=True, exist_ok=True)
-        record = {"spec": spec, "layout": layout.to_json(), **(extra or {})}
+        record = {"spec": spec, "layout": plan.to_json(), **(extra or {})}
         write_atomic(self.run_json, _dump(record))
-        self.allocate(layout)
+        self.allocate(plan)
 
     def record(self) -> dict[str, Any]:
         """``run.json`` of the run in progress."""
@@ -201,28 +201,28 @@ class Output:
         for shard in shards:
             (self.shards / f"{shard:06d}.json").unlink(missing_ok=True)
 
-    def allocate(self, layout: Layout) -> None:
+    def allocate(self, plan: FilePlan) -> None:
         for marker in self.shards.glob("*.json"):
             marker.unlink()  # markers describe rows of a file that is being replaced
         tmp = self.partial.with_name(self.partial.name + ".tmp")
         with open(tmp, "wb") as f:
-            f.write(layout.header())
-            f.truncate(layout.file_bytes)
+            f.write(plan.header())
+            f.truncate(plan.file_bytes)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.partial)
 
-    def layout(self) -> Layout:
-        return Layout.from_json(read_record(self.run_json, "layout")["layout"])
+    def plan(self) -> FilePlan:
+        return FilePlan.from_json(read_record(self.run_json, "layout")["layout"])
 
-    def resume(self, layout: Layout) -> None:
+    def resume(self, plan: FilePlan) -> None:
         """Make a resumed run consistent: a missing or wrong-sized partial file is allocated
         again (and its markers dropped), unless the final file is already in place."""
         if self.features.is_file():
             return
-        if not self.partial.is_file() or self.partial.stat().st_size != layout.file_bytes:
-            self.allocate(layout)
-        rest = unwritten_bytes(self.partial, layout.file_bytes)
+        if not self.partial.is_file() or self.partial.stat().st_size != plan.file_bytes:
+            self.allocate(plan)
+        rest = unwritten_bytes(self.partial, plan.file_bytes)
         check_space(self.root, rest, f"the rest of the features file ({FEATURES_FILE})")
 
     # -- shards ----------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class Output:
     # -- the end ---------------------------------------------------------------------------------
     def finalize(
         self,
-        layout: Layout,
+        plan: FilePlan,
         n_shards: int,
         ids: list[str],
         targets: list[int] | None,
@@ -271,7 +271,7 @@ class Output:
             )
             write_atomic(self.work / "skipped.json", _dump(skipped))
             if skipped:
-                self._compact(layout, {int(s["index"]) for s in skipped})
+                self._compact(plan, {int(s["index"]) for s in skipped})
             else:
                 with open(self.partial, "rb+") as f:
                     os.fsync(f.fileno())
@@ -280,7 +280,7 @@ class Output:
         skipped = json.loads((self.work / "skipped.json").read_text())
         gone = {int(s["index"]) for s in skipped}
         rows = len(ids) - len(gone)
-        for layer in layout.layers:
+        for layer in plan.layers:
             entry = manifest["layers"].setdefault(layer.key, {})
             entry["shape"] = [rows, *layer.shape]
             entry["dtype"] = dtype_name(layer.torch_dtype)
@@ -294,15 +294,15 @@ class Output:
         shutil.rmtree(self.work, ignore_errors=True)
         return manifest
 
-    def _compact(self, layout: Layout, gone: set[int]) -> None:
+    def _compact(self, plan: FilePlan, gone: set[int]) -> None:
         """Copy the partial file without the rows of skipped samples, then swap it in."""
-        keep = index_runs(i for i in range(layout.rows) if i not in gone)
-        small = layout.with_rows(sum(b - a for a, b in keep))
+        keep = index_runs(i for i in range(plan.rows) if i not in gone)
+        small = plan.with_rows(sum(b - a for a, b in keep))
         what = f"assembling {FEATURES_FILE} without the {len(gone)} skipped samples (a copy)"
         check_space(self.root, small.file_bytes, what)
         tmp = self.features.with_name(self.features.name + ".tmp")
         try:
-            self._copy_rows(layout, small, keep, tmp)
+            self._copy_rows(plan, small, keep, tmp)
         except OSError as error:
             tmp.unlink(missing_ok=True)
             if is_disk_full(error):
@@ -312,16 +312,16 @@ class Output:
         self.partial.unlink()
 
     def _copy_rows(
-        self, layout: Layout, small: Layout, keep: list[tuple[int, int]], tmp: Path
+        self, plan: FilePlan, small: FilePlan, keep: list[tuple[int, int]], tmp: Path
     ) -> None:
         with open(self.partial, "rb") as src, open(tmp, "wb") as dst:
             dst.write(small.header())
             dst.truncate(small.file_bytes)
-            for layer in layout.layers:
+            for layer in plan.layers:
                 rb = layer.row_bytes
                 dst.seek(small.data_start + small[layer.key].start)
                 for a, b in keep:
-                    _copy(src, layout.data_start + layer.start + a * rb, (b - a) * rb, dst)
+                    _copy(src, plan.data_start + layer.start + a * rb, (b - a) * rb, dst)
                 _testing.point("compact")
             dst.flush()
             os.fsync(dst.fileno())

@@ -97,7 +97,7 @@ def open_stream(
     data: Any,
     transform_for_images: Callable[[], Transform],
     shard_size: int,
-    describe: Callable[[Any], str],
+    stable_repr: Callable[[Any], str],
 ) -> Stream | None:
     """A :class:`Stream` for tar shards, an IterableDataset or a Dataset of dict samples (also
     inside a DataLoader); ``None`` for the other inputs, which extraction reads by index."""
@@ -111,7 +111,7 @@ def open_stream(
             shard_size,
             files=files,
             transform=transform,
-            transform_name=describe(transform),
+            transform_name=stable_repr(transform),
         )
     stream: Stream | None = None
     dataset: Any = data.dataset if isinstance(data, DataLoader) else data
@@ -128,7 +128,7 @@ def open_stream(
     if stream is None:
         return None
     own = getattr(dataset, "transform", None)
-    stream.transform_name = None if own is None else describe(own)
+    stream.transform_name = None if own is None else stable_repr(own)
     if user_collate is not None:
         stream.collate_fn = user_collate
     if isinstance(data, DataLoader):

@@ -19,7 +19,7 @@ import torch
 
 from featwrap.errors import FeatwrapValueError
 
-__all__ = ["DTYPES", "LayerLayout", "Layout", "dtype_from_name", "index_runs", "read_header"]
+__all__ = ["DTYPES", "FilePlan", "LayerSlot", "dtype_from_name", "index_runs", "read_header"]
 
 #: torch dtype -> safetensors dtype name.
 DTYPES: dict[torch.dtype, str] = {
@@ -55,7 +55,7 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 @dataclass(frozen=True)
-class LayerLayout:
+class LayerSlot:
     """One layer in the file: its per-row shape and dtype and its byte range after the header."""
 
     key: str
@@ -77,11 +77,11 @@ class LayerLayout:
 
 
 @dataclass(frozen=True)
-class Layout:
+class FilePlan:
     """Rows and layers of a features file, in the order the layers were requested."""
 
     rows: int
-    layers: tuple[LayerLayout, ...]
+    layers: tuple[LayerSlot, ...]
     metadata: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -90,10 +90,10 @@ class Layout:
         rows: int,
         shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
         metadata: dict[str, str] | None = None,
-    ) -> Layout:
+    ) -> FilePlan:
         """Place the layers ``{key: (row shape, dtype)}`` in a file of ``rows`` rows."""
         order = sorted(shapes, key=lambda k: -shapes[k][1].itemsize)  # stable: request order
-        placed: dict[str, LayerLayout] = {}
+        placed: dict[str, LayerSlot] = {}
         offset = 0
         for key in order:
             shape, dtype = shapes[key]
@@ -105,11 +105,11 @@ class Layout:
             n = rows * dtype.itemsize
             for d in shape:
                 n *= d
-            placed[key] = LayerLayout(key, tuple(shape), DTYPES[dtype], offset, offset + n)
+            placed[key] = LayerSlot(key, tuple(shape), DTYPES[dtype], offset, offset + n)
             offset += n
         return cls(rows, tuple(placed[k] for k in shapes), tuple(sorted((metadata or {}).items())))
 
-    def __getitem__(self, key: str) -> LayerLayout:
+    def __getitem__(self, key: str) -> LayerSlot:
         for layer in self.layers:
             if layer.key == key:
                 return layer
@@ -142,10 +142,10 @@ class Layout:
     def file_bytes(self) -> int:
         return self.data_start + self.data_bytes
 
-    def with_rows(self, rows: int) -> Layout:
+    def with_rows(self, rows: int) -> FilePlan:
         """The same layers in a file of ``rows`` rows (after leaving skipped samples out)."""
         shapes = {la.key: (la.shape, la.torch_dtype) for la in self.layers}
-        return Layout.plan(rows, shapes, dict(self.metadata))
+        return FilePlan.plan(rows, shapes, dict(self.metadata))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,7 +155,7 @@ class Layout:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Layout:
+    def from_json(cls, obj: dict[str, Any]) -> FilePlan:
         shapes = {
             key: (tuple(v["shape"]), dtype_from_name(v["dtype"]))
             for key, v in obj["layers"].items()
