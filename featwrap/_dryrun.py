@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from featwrap.layers import LayerSpec
     from featwrap.model import FeatureModel
 
+_TOKENS = 16  # token ids a text model is measured with by default
 _FAKE_BATCH = 2  # BatchNorm in train mode refuses a batch of one 1x1 map, even on fake tensors
 
 
@@ -47,9 +48,15 @@ class DryRun:
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
-    """The input size a model expects: a timm ViT's own patch embedding size (set by
-    ``img_size=``), timm's ``pretrained_cfg``, a torchvision ViT's ``image_size``, a
-    transformers model's ``config.image_size``, else ``(3, 224, 224)``."""
+    """The input size a model expects: ``(L,)`` token ids for a text model (see
+    :func:`token_vocab`; ``L`` is 16, or fewer where the model has fewer positions), a timm
+    ViT's own patch embedding size (set by ``img_size=``), timm's ``pretrained_cfg``, a
+    torchvision ViT's ``image_size``, a transformers model's ``config.image_size``, else
+    ``(3, 224, 224)``."""
+    if token_vocab(model) is not None:
+        config = getattr(model, "config", None)
+        limits = [getattr(config, n, None) for n in ("max_position_embeddings", "n_positions")]
+        return (min([_TOKENS, *(n for n in limits if isinstance(n, int) and n > 0)]),)
     embed = getattr(model, "patch_embed", None)
     proj = getattr(embed, "proj", None)
     img_size = getattr(embed, "img_size", None)
@@ -67,6 +74,36 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
     if isinstance(size, int) and isinstance(channels, int):
         return (channels, size, size)
     return (3, 224, 224)
+
+
+def token_vocab(model: nn.Module) -> int | None:
+    """The vocabulary size of a model whose input is token ids, else ``None``.
+
+    A transformers model whose main input is ``input_ids`` (BERT, GPT-2, T5's encoder...), or
+    any model whose first module is an ``nn.Embedding`` (a text encoder written by hand).
+
+    >>> token_vocab(nn.Sequential(nn.Embedding(100, 8), nn.Linear(8, 2)))
+    100
+    >>> token_vocab(nn.Sequential(nn.Linear(8, 2))) is None
+    True
+    """
+    if getattr(model, "main_input_name", None) == "input_ids":
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if isinstance(vocab, int) and vocab > 0:
+            return vocab
+    first = next((m for m in model.modules() if not next(m.children(), None)), None)
+    return first.num_embeddings if isinstance(first, nn.Embedding) else None
+
+
+def input_size_for(model: nn.Module, input_size: Sequence[int] | int | None) -> tuple[int, ...]:
+    """``input_size`` checked (one int ``S``: ``(S,)`` token ids for a text model, else
+    ``(3, S, S)``), or the model's own when ``None``."""
+    if input_size is None:
+        return default_input_size(model)
+    one = isinstance(input_size, int) and not isinstance(input_size, bool) and input_size > 0
+    if one and token_vocab(model) is not None:
+        return (input_size,)  # type: ignore[return-value]
+    return check_input_size(input_size)
 
 
 def check_input_size(input_size: Sequence[int] | int) -> tuple[int, ...]:
@@ -105,9 +142,7 @@ def dry_run(
     """
     if inputs is not None and input_size is not None:
         raise FeatwrapValueError("Pass input_size or inputs, not both.")
-    size = (
-        None if inputs is not None else check_input_size(input_size or default_input_size(backbone))
-    )
+    size = None if inputs is not None else input_size_for(backbone, input_size)
     _check_no_lazy(backbone)
     probe = feature_model(
         backbone,
@@ -159,6 +194,11 @@ def _args(
     """Positional and keyword arguments: a tensor of ``size`` (made under the active mode) or the
     user's ``inputs``."""
     if size is not None:
+        backbone: nn.Module = getattr(like, "backbone", like)
+        vocab = token_vocab(backbone)
+        if vocab is not None:  # token ids, on the embedding's device
+            device = next(backbone.parameters()).device
+            return (torch.randint(0, vocab, (batch, *size), device=device),), {}
         param = next((p for p in like.parameters() if p.is_floating_point()), None)
         dtype = param.dtype if param is not None else torch.float32
         device = param.device if param is not None else torch.device("cpu")

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from featwrap import _layout
-from featwrap._dryrun import check_input_size, default_input_size, dry_run
+from featwrap._dryrun import dry_run, input_size_for
 from featwrap._timm_stages import timm_stages
 from featwrap.errors import FeatwrapTypeError, FeatwrapValueError
 from featwrap.hf_stages import hf_stages, is_hf_model
@@ -138,7 +138,7 @@ def last_at_each_stride(
     Strides are measured by a dry run on fake tensors; outputs without spatial dims, or pooled to
     one pixel, are not stages.
     """
-    size = input_size or default_input_size(model)
+    size = input_size_for(model, input_size)
     run = dry_run(FeatureModel, model, candidates, input_size=size, output_key=None)
     by_level: dict[int, str] = {}
     for key, value in run.values.items():
@@ -192,7 +192,7 @@ def _no_preset(model: nn.Module, input_size: Any) -> str:
         "(or `featwrap layers MODEL`) shows every module with its output shape and reduction."
     )
     try:
-        size = check_input_size(input_size or default_input_size(model))
+        size = input_size_for(model, input_size)
         paths = [p for p, _ in model.named_modules() if p]
         suggestion = last_at_each_stride(model, paths, size)
     except Exception:

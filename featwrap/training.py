@@ -40,8 +40,7 @@ from featwrap._dryrun import (
     _args,
     _python_state,
     _restore_python_state,
-    check_input_size,
-    default_input_size,
+    input_size_for,
 )
 from featwrap.errors import FeatwrapValueError, PrunedModuleError
 
@@ -62,9 +61,7 @@ def find_unused(fm: Any, input_size: Any = None, inputs: Any = None) -> tuple[st
     if inputs is not None and input_size is not None:
         raise FeatwrapValueError("Pass input_size or inputs, not both.")
     backbone: nn.Module = fm.backbone
-    size = (
-        None if inputs is not None else check_input_size(input_size or default_input_size(backbone))
-    )
+    size = None if inputs is not None else input_size_for(backbone, input_size)
     try:
         ran, live = _fake_forward(fm, backbone, size, inputs)
     except Exception as error:

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "model",
         nargs="?",
         default="torchvision:resnet18",
-        help="'torchvision:NAME', 'timm:NAME' or 'package.module:factory' (default: %(default)s)",
+        help="'torchvision:NAME', 'timm:NAME', 'hf:FOLDER' or 'package.module:factory' (default: %(default)s)",
     )
     p.add_argument(
         "--pattern", "-p", default=None, help="only paths matching this glob (default: all)"
@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "-s",
         default=None,
         type=_input_size,
-        help="C,H,W without batch, or S for 3,S,S (default: the model's own, else 3,224,224)",
+        help="C,H,W without batch, or S for 3,S,S (S token ids for a text model) (default: the "
+        "model's own: 3,224,224 for most vision models, 16 tokens for a text model)",
     )
     p.add_argument(
         "--depth",
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
-def _input_size(text: str) -> tuple[int, ...]:
+def _input_size(text: str) -> tuple[int, ...] | int:
     try:
         dims = tuple(int(d) for d in text.split(","))
     except ValueError:
@@ -74,7 +75,7 @@ def _input_size(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a size: use C,H,W (e.g. 3,224,224) or one number S for 3,S,S"
         )
-    return (3, dims[0], dims[0]) if len(dims) == 1 else dims
+    return dims[0] if len(dims) == 1 else dims  # S: (3, S, S), or S tokens for a text model
 
 
 def run(args: argparse.Namespace) -> int:
