@@ -2,8 +2,7 @@
 
 Values are checked against each sample run alone through the model (hand-written cloning hooks,
 tests/reference.py); a resumed run against the same run uninterrupted, bit for bit (one thread).
-The killed runs are real subprocesses, told where to die by FEATWRAP_TEST_KILL
-(featwrap/extraction/_testing.py).
+The killed runs are real subprocesses, told where to die by tests/kill_points.py.
 """
 
 from __future__ import annotations
@@ -141,6 +140,8 @@ import sys
 import torch
 torch.set_num_threads(1)
 from featwrap import extract
+from tests import kill_points
+kill_points.arm(sys.argv[3])
 from tests.streams_data import make_net, to_tensor
 from tests.text_models import TextEncoder, TextStream, sequences
 if sys.argv[1] == "text":
@@ -156,10 +157,13 @@ else:
 def killed_run(tmp_path: Path, kill_at: str, data: str, out: Path) -> None:
     script = tmp_path / "run_extract.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "FEATWRAP_TEST_KILL": kill_at, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
-        [sys.executable, str(script), data, str(out)], env=env, capture_output=True, timeout=300
+        [sys.executable, str(script), data, str(out), kill_at],
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError
 from featwrap.extraction.safetensors_file import DTYPES, dtype_from_name
 from featwrap.extraction.store import Output, write_atomic
@@ -92,7 +91,6 @@ class PieceWriter:
             _append(piece.folder / f"{j}.bin", data)
             if isinstance(value, Ragged):
                 _append(piece.folder / f"{j}.len", value.lengths)
-        _testing.point("batch")
 
     def skip(self, shard: int, skipped: list[dict[str, Any]]) -> None:
         self._piece(shard).skipped += skipped
@@ -122,7 +120,6 @@ class PieceWriter:
         }
         write_atomic(_marker(self.output, shard), _dump(marker))
         del self.open[shard]
-        _testing.point("commit")
 
     def _piece(self, shard: int) -> _Open:
         if shard not in self.open:
@@ -252,7 +249,6 @@ def assemble(output: Output, keys: list[str], n_shards: int) -> dict[str, Any]:
             layers[key] = {"shape": [rows, *entry["shape"]]}
         layers[key]["dtype"] = str(dtype).removeprefix("torch.")
     _write_file(output, tensors, offsets)
-    _testing.point("finalize")
     return {
         "ids": [k for m in ordered for k in m["keys"]],
         "targets": None
