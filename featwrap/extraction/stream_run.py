@@ -5,7 +5,7 @@ over :class:`ShardBatches` yields each shard's batches; their rows go to the sha
 (``pieces.py``), committed at the shard's end. Resuming skips the committed shards (a tar shard
 whose file changed since, or a stream whose committed samples changed, is an error); under
 ``torchrun`` shard ``k`` goes to rank ``k % world``, so the output does not depend on the number
-of processes.
+of processes. What is checked of the data on resume, and when, is told in ``resume.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.pieces import MemoryPieces, PieceWriter, assemble, done_shards
 from featwrap.extraction.pool import Pool
 from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.resume import check_stream, stream_digest
 from featwrap.extraction.rows import Forward
 from featwrap.extraction.speed import HostRows, Speed, finish, to_host
 from featwrap.extraction.store import Output, describe_changes, write_atomic
@@ -102,6 +103,7 @@ class StreamJob:
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = {**self.spec, **self.stream.spec()}
+        asked = self.batch_size
         opened = ranks.first(lambda: self._open(output, spec, overwrite))
         (state, batch_size), first = ranks.broadcast((opened, spec))
         ranks.agree(
@@ -119,12 +121,18 @@ class StreamJob:
         error: Exception | None = None
         n_shards = 0
         try:
-            self._check_files(done)
             batches = ShardBatches(self.stream, self.batch_size, frozenset(done), *ranks_of(ranks))
             n_shards = self._run(batches, PieceWriter(output, list(self.paths)), done)
         except Exception as e:
             error = e
-        ranks.agree(error)
+        try:
+            ranks.agree(error)
+        except ResumeMismatchError:  # the stream, read through, differs from the shards written
+            if not (overwrite and done):
+                raise
+            ranks.first(output.remove_run)
+            self.batch_size = asked
+            return self._locked(output, overwrite, ranks)  # anew: nothing to differ from
         n_shards = ranks.broadcast(n_shards)
         ranks.first(lambda: self._finalize(output, n_shards, spec))
         return load_features(output.root)
@@ -133,9 +141,21 @@ class StreamJob:
         """Rank 0: check the directory against ``spec``; start the run in it if it is new.
         Returns the state and the run's batch size (a resume keeps it: padding changes values)."""
         state = output.start(spec, overwrite)
+        digest = stream_digest(self.stream)
+        if state != "new":
+            try:
+                check_stream(output, self.stream, state, digest)
+            except ResumeMismatchError:  # the data changed since
+                if not overwrite:
+                    raise
+                output.remove_run()
+                state = "new"
         if state == "new":
             output.shards.mkdir(parents=True, exist_ok=True)
-            record = {"spec": spec, "layout": None, "pieces": True, "batch_size": self.batch_size}
+            record: dict[str, Any] = {"spec": spec, "layout": None, "pieces": True}
+            record["batch_size"] = self.batch_size
+            if digest is not None:
+                record["content_sha256"] = digest
             write_atomic(output.run_json, _dump(record))
         if state != "running":
             return state, self.batch_size
@@ -149,22 +169,13 @@ class StreamJob:
             )
         return state, batch_size
 
-    def _check_files(self, done: dict[int, dict[str, Any]]) -> None:
-        """A committed tar shard must be the same file now (size, modification time)."""
-        for shard, marker in sorted(done.items()):
-            if self.stream.kind != "tar" or shard >= len(self.stream.files):
-                continue
-            if marker["identity"] != self.stream.identity(shard):
-                raise ResumeMismatchError(
-                    f"The shard {self.stream.shard_name(shard)!r} changed since its rows were "
-                    f"written ({marker['identity']} -> {self.stream.identity(shard)}). Restore it, "
-                    "or pass overwrite=True (--overwrite) to start over."
-                )
-
     def _finalize(self, output: Output, n_shards: int, spec: dict[str, Any]) -> None:
         """Rank 0, once every shard is committed: the features file, then the manifest."""
         made = assemble(output, list(self.paths), n_shards)
         manifest = self._manifest({"run": spec})
+        digest = output.record().get("content_sha256")
+        if digest is not None:
+            manifest["content_sha256"] = digest
         for key, entry in made["layers"].items():
             manifest["layers"][key].update(entry)
         ids, skipped = made["ids"], made["skipped"]
