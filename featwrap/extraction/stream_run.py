@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from featwrap.extraction.load import Features, load_features
 from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.pieces import MemoryPieces, PieceWriter, assemble, done_shards
 from featwrap.extraction.pool import Pool
+from featwrap.extraction.progress import Progress
 from featwrap.extraction.ranks import Ranks, join_ranks
 from featwrap.extraction.resume import check_stream, stream_digest
 from featwrap.extraction.rows import Forward
@@ -200,8 +200,6 @@ class StreamJob:
         done: dict[int, dict[str, Any]],
     ) -> int:
         """Compute and write the shards' rows; the number of shards of the data."""
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
         loader = DataLoader(
             batches,
             batch_size=None,
@@ -209,18 +207,11 @@ class StreamJob:
             num_workers=self._workers(batches),
             pin_memory=self.speed.pins(self.device),
         )
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        before = sum(m["rows"] + len(m["skipped"]) for m in done.values())
-        bar = tqdm(
-            total=self.stream.total,
-            initial=before,
-            unit="item",
-            disable=not show or batches.rank != 0,
-            dynamic_ncols=True,
-            desc="extract",
-        )
+        bar = Progress(batches, done, self.progress)
         try:
-            return self._loop(loader, batches, sink, done, bar)
+            n_shards = self._loop(loader, batches, sink, done, bar)
+            bar.finished()
+            return n_shards
         finally:
             bar.close()
 
@@ -240,10 +231,9 @@ class StreamJob:
         batches: ShardBatches,
         sink: PieceWriter | MemoryPieces,
         done: dict[int, dict[str, Any]],
-        bar: Any,
+        bar: Progress,
     ) -> int:
         n_shards = self.stream.n_shards
-        seen = 0
         pending: _Pending | None = None
         for item in loader:
             kind, shard = item[0], item[1]
@@ -266,7 +256,7 @@ class StreamJob:
                 self._unreadable_shard(sink, shard, item[2])
             elif kind == "seen":
                 self._check_seen(shard, item[2], item[3], done.get(shard))
-                seen += len(item[2])
+                bar.seen(shard, len(item[2]))
             elif kind == "stop":
                 n_shards = shard
         if pending is not None:

@@ -182,9 +182,13 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
         self.stream, self.batch_size = stream, batch_size
         self.done, self.rank, self.world = done, rank, world
 
+    def of_rank(self, shard: int) -> bool:
+        """Whether ``shard`` is this rank's (``k % world``)."""
+        return shard % self.world == self.rank
+
     def computed(self, shard: int) -> bool:
         """Whether this process computes ``shard``: one of its rank's, not committed before."""
-        return shard % self.world == self.rank and shard not in self.done
+        return self.of_rank(shard) and shard not in self.done
 
     @property
     def todo(self) -> list[int]:
