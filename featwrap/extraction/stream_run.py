@@ -25,16 +25,16 @@ from torch.utils.data import DataLoader
 from featwrap.errors import FeatwrapValueError
 from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters, split_batch
+from featwrap.extraction.jobs import claimed_output, spec_mismatch
 from featwrap.extraction.load import Features, load_features
-from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.pieces import MemoryPieces, PieceWriter, assemble, done_shards
 from featwrap.extraction.pool import Pool
 from featwrap.extraction.progress import Progress
-from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.ranks import Ranks
 from featwrap.extraction.resume import check_stream, stream_digest
 from featwrap.extraction.rows import Forward
 from featwrap.extraction.speed import HostRows, Speed, finish, to_host
-from featwrap.extraction.store import Output, describe_changes, write_atomic
+from featwrap.extraction.store import Output, write_atomic
 from featwrap.extraction.streams import ShardBatches, Stream
 from featwrap.extraction.tokens import Ragged, token_pool
 
@@ -84,36 +84,18 @@ class StreamJob:
         return Features(tensors, ids, skipped, manifest)
 
     # -- on disk ---------------------------------------------------------------------------------
-    def to_directory(self, root: Path, overwrite: bool) -> Features:
-        ranks = join_ranks(self.device)
-        try:
-            if ranks.distributed and self.device.type == "cuda":
-                self.device = torch.device("cuda", ranks.local_rank)
-            return self._to_directory(Output(root), overwrite, ranks)
-        finally:
-            ranks.close()
-
-    def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
-        lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
-        ranks.first(lock.acquire)
-        try:
+    def to_directory(self, root: Path, overwrite: bool, module: torch.nn.Module) -> Features:
+        """Write to ``root`` (``module``: the model, moved to this rank's GPU under torchrun)."""
+        with claimed_output(root, self.device, module) as (output, ranks, device):
+            self.device = device
             return self._locked(output, overwrite, ranks)
-        finally:
-            lock.release()
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = {**self.spec, **self.stream.spec()}
         asked = self.batch_size
         opened = ranks.first(lambda: self._open(output, spec, overwrite))
         (state, batch_size), first = ranks.broadcast((opened, spec))
-        ranks.agree(
-            None
-            if first == spec
-            else ResumeMismatchError(
-                f"Rank {ranks.rank} was started with other arguments or data than rank 0 "
-                f"({describe_changes(first, spec)}). Start every process with the same arguments."
-            )
-        )
+        ranks.agree(spec_mismatch(first, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
         self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
