@@ -1,4 +1,5 @@
-"""Tar shards under torchrun (2 CPU processes, gloo): the same output as one process."""
+"""Streams under torchrun (2 CPU processes, gloo): tar shards and IterableDatasets give the same
+output as one process; a DataPipe with a ``sharding_filter()`` is read in parts, one per rank."""
 
 from __future__ import annotations
 
@@ -111,3 +112,65 @@ def test_torchrun_iterable_dataset_equal_one_process(tmp_path: Path) -> None:
     assert (two / "features.safetensors").read_bytes() == (
         tmp_path / "one" / "features.safetensors"
     ).read_bytes()
+
+
+SPLIT_SCRIPT = """
+import json
+import os
+import sys
+import torch
+torch.set_num_threads(1)
+from featwrap import extract
+from tests import text_models
+torch.manual_seed(2)
+extract(text_models.TextEncoder().eval(), text_models.text_pipe(text_models.sequences(17)),
+        ["embed", "encoder.layers.1"], out=sys.argv[1], pool={"encoder.layers.1": "last"},
+        batch_size=2, shard_size=3, num_workers=0)
+with open(sys.argv[1] + "-decoded-" + os.environ["RANK"], "w") as f:
+    json.dump(text_models.DECODED, f)
+"""
+
+
+def test_torchrun_a_stream_that_splits_itself_is_read_in_parts(tmp_path: Path) -> None:
+    """Each rank decodes only its part (the sharding filter's); the rows are the same, in
+    the ranks' block order: rank r's j-th block of 3 samples is shard 2j + r."""
+    from tests.text_models import TextEncoder, sequences, text_pipe
+
+    script = tmp_path / "split_extract.py"
+    script.write_text(SPLIT_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [*torchrun, str(script), str(two)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    decoded = [json.loads(Path(f"{two}-decoded-{r}").read_text()) for r in range(2)]
+    assert decoded == [list(range(0, 17, 2)), list(range(1, 17, 2))]  # each its own, once
+
+    parallel = featwrap.load_features(two)
+    part = [[f"text{i:03d}" for i in range(r, 17, 2)] for r in range(2)]
+    blocks = [part[r][j : j + 3] for j in range(0, 9, 3) for r in range(2)]
+    assert parallel.ids == [key for block in blocks for key in block]
+    assert parallel.manifest["run"]["rank_split"] == {"by": "apply_sharding", "ranks": 2}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(2)
+        model = TextEncoder().eval()
+        one = featwrap.extract(
+            model, text_pipe(sequences(17)), ["embed", "encoder.layers.1"],
+            pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3,
+        )  # fmt: skip
+        assert one.ids == sorted(parallel.ids)  # one process: the whole stream, in order
+        seqs = sequences(17)
+        with torch.no_grad():
+            for row, key in enumerate(parallel.ids):
+                i = int(key.removeprefix("text"))
+                assert torch.equal(parallel["embed"][row], model.embed(seqs[i])), key
+                torch.testing.assert_close(
+                    parallel["encoder.layers.1"][row], one["encoder.layers.1"][i]
+                )
+    finally:
+        torch.set_num_threads(threads)

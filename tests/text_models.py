@@ -84,3 +84,22 @@ def tiny_gpt2() -> nn.Module:
         bos_token_id=1, eos_token_id=1,
     )  # fmt: skip
     return GPT2Model(config).eval()
+
+
+#: the indices :func:`decode` turned into samples in this process, in order
+DECODED: list[int] = []
+
+
+def decode(item: tuple[int, torch.Tensor]) -> dict[str, Any]:
+    """A sample of :func:`text_pipe`, noted in :data:`DECODED` (the costly step of a pipeline)."""
+    index, seq = item
+    DECODED.append(index)
+    return {"__key__": f"text{index:03d}", "input_ids": seq}
+
+
+def text_pipe(seqs: list[torch.Tensor]) -> Any:
+    """The samples of :class:`TextStream` as a DataPipe that splits itself between ranks: the
+    ``sharding_filter()`` comes before the decoding, so each rank decodes only its part."""
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    return IterableWrapper(list(enumerate(seqs))).sharding_filter().map(decode)

@@ -212,19 +212,20 @@ def _check_same(described: list[Any], key: str) -> None:
             )
 
 
-def assemble(output: Output, keys: list[str], n_shards: int) -> dict[str, Any]:
-    """Concatenate the committed pieces into ``features.safetensors`` (rank 0, once all are in).
+def assemble(output: Output, keys: list[str], shards: list[int]) -> dict[str, Any]:
+    """Concatenate the committed pieces of ``shards`` into ``features.safetensors``, in that
+    order (rank 0, once all are in).
 
     Returns ``{"ids", "targets", "skipped", "layers": {key: entry}, "shards"}`` for the manifest.
     """
     markers = done_shards(output)
-    missing = [k for k in range(n_shards) if k not in markers]
+    missing = [k for k in shards if k not in markers]
     if missing:
         raise OutputError(
             f"{len(missing)} shards of {str(output.root)!r} were not written (first: "
             f"{missing[0]}); run the same extraction again to finish them."
         )
-    ordered = [markers[k] for k in range(n_shards)]
+    ordered = [markers[k] for k in shards]
     full = [m for m in ordered if m["rows"]]
     if not full:
         raise DataError("No sample could be read: every shard was empty or unreadable.")

@@ -32,7 +32,7 @@ class Progress:
 
         stream = batches.stream
         shown = (show if show is not None else sys.stderr.isatty()) and batches.rank == 0
-        whole = stream.kind == "iterable"  # every rank reads all of it
+        whole = stream.kind == "iterable" and not batches.split  # every rank reads all of it
         mine = {k: m for k, m in done.items() if whole or batches.of_rank(k)}
         initial = sum(m["rows"] + len(m["skipped"]) for m in mine.values())
         total = stream.total if whole else None

@@ -92,6 +92,8 @@ class StreamJob:
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = {**self.spec, **self.stream.spec()}
+        if self.stream.split is not None and ranks.distributed:  # each rank's part: its own
+            spec["rank_split"] = {"by": self.stream.split, "ranks": ranks.world}
         asked = self.batch_size
         opened = ranks.first(lambda: self._open(output, spec, overwrite))
         (state, batch_size), first = ranks.broadcast((opened, spec))
@@ -102,8 +104,8 @@ class StreamJob:
         done = done_shards(output)
         error: Exception | None = None
         n_shards = 0
+        batches = ShardBatches(self.stream, self.batch_size, frozenset(done), *ranks_of(ranks))
         try:
-            batches = ShardBatches(self.stream, self.batch_size, frozenset(done), *ranks_of(ranks))
             n_shards = self._run(batches, PieceWriter(output, list(self.paths)), done)
         except Exception as e:
             error = e
@@ -115,8 +117,12 @@ class StreamJob:
             ranks.first(output.remove_run)
             self.batch_size = asked
             return self._locked(output, overwrite, ranks)  # anew: nothing to differ from
-        n_shards = ranks.broadcast(n_shards)
-        ranks.first(lambda: self._finalize(output, n_shards, spec))
+        if batches.split:  # rank r's j-th block is shard j * world + r
+            counts = ranks.gather(n_shards)
+            shards = sorted(j * ranks.world + r for r, c in enumerate(counts) for j in range(c))
+        else:
+            shards = list(range(ranks.broadcast(n_shards)))
+        ranks.first(lambda: self._finalize(output, shards, spec))
         return load_features(output.root)
 
     def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, int]:
@@ -151,9 +157,9 @@ class StreamJob:
             )
         return state, batch_size
 
-    def _finalize(self, output: Output, n_shards: int, spec: dict[str, Any]) -> None:
+    def _finalize(self, output: Output, shards: list[int], spec: dict[str, Any]) -> None:
         """Rank 0, once every shard is committed: the features file, then the manifest."""
-        made = assemble(output, list(self.paths), n_shards)
+        made = assemble(output, list(self.paths), shards)
         manifest = self._manifest({"run": spec})
         digest = output.record().get("content_sha256")
         if digest is not None:
@@ -245,7 +251,7 @@ class StreamJob:
             _write(sink, pending)
         if n_shards is None:
             raise DataError(f"{self.stream.description} ended before it could be read.")
-        self._check_end(n_shards, done)
+        self._check_end(n_shards, done, batches)
         return n_shards
 
     def _failed(
@@ -290,8 +296,14 @@ class StreamJob:
             "same data, or pass overwrite=True (--overwrite) to start over."
         )
 
-    def _check_end(self, n_shards: int, done: dict[int, dict[str, Any]]) -> None:
-        beyond = [k for k in done if k >= n_shards]
+    def _check_end(
+        self, n_shards: int, done: dict[int, dict[str, Any]], batches: ShardBatches
+    ) -> None:
+        """``n_shards``: of the stream, or of this rank's part when it splits itself."""
+        if batches.split:
+            beyond = [k for k in done if batches.of_rank(k) and k // batches.world >= n_shards]
+        else:
+            beyond = [k for k in done if k >= n_shards]
         if beyond:
             raise ResumeMismatchError(
                 f"{self.stream.description} ended after {n_shards} shards, but the run being "
@@ -299,7 +311,8 @@ class StreamJob:
                 "Resume with the same data, or pass overwrite=True (--overwrite) to start over."
             )
         total, size = self.stream.total, self.stream.shard_size
-        if self.stream.kind == "iterable" and total is not None and n_shards != -(-total // size):
+        whole = self.stream.kind == "iterable" and not batches.split
+        if whole and total is not None and n_shards != -(-total // size):
             raise DataError(
                 f"{self.stream.description} ended after {n_shards} shards of {size} samples, but "
                 f"its len() is {total}: the stream ended early (or __len__ is wrong). The shards "

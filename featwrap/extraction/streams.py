@@ -7,7 +7,8 @@ of the stream; for a map-style Dataset, ``shard_size`` consecutive indices. Each
 
 :class:`ShardBatches` is what a DataLoader's workers iterate: each worker takes whole shards
 (tar shards are split between workers and ``torchrun`` ranks; a single stream is read by one
-worker, every rank reading it and computing its own shards), batches them inside each shard (so
+worker, every rank reading it and computing its own shards, unless it splits itself between the
+ranks: ``rank_split.py``), batches them inside each shard (so
 that the batches, hence the values, never depend on the number of workers or processes) and
 yields tagged items:
 
@@ -17,7 +18,8 @@ yields tagged items:
 - ``("seen", shard, keys, identity)``: a shard of a single stream that is not computed here, read
   through (a committed one is checked against what was recorded: its keys and a digest of its
   samples' content, the ``identity`` of a single stream's shard);
-- ``("stop", shards)``: the stream ended after ``shards`` shards.
+- ``("stop", shards)``: the stream ended after ``shards`` shards (of this rank's part, when the
+  stream splits itself).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.identity import _hash_into as hash_into
 from featwrap.extraction.inputs import is_keyword_batch, pad_collate
+from featwrap.extraction.rank_split import rank_part, split_protocol
 from featwrap.extraction.tars import decode_sample, is_tar_spec, read_tar, tar_paths
 
 __all__ = ["ShardBatches", "Stream", "open_stream"]
@@ -58,6 +61,8 @@ class Stream:
     total: int | None = None  # samples, when known
     batch_size: int | None = None
     loader_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: how an IterableDataset splits itself between ranks (``rank_split.py``), if it can
+    split: str | None = None
 
     @property
     def n_shards(self) -> int | None:
@@ -122,6 +127,7 @@ def open_stream(
         total = _length(dataset)
         shown = f"{total} samples" if total is not None else "a stream"
         stream = Stream("iterable", f"{name} ({shown})", shard_size, dataset=dataset, total=total)
+        stream.split = split_protocol(dataset)
     elif _has_dict_samples(dataset, user_collate):
         n = len(dataset)
         stream = Stream("dicts", f"{name} ({n} samples)", shard_size, dataset=dataset, total=n)
@@ -181,6 +187,8 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
     ) -> None:
         self.stream, self.batch_size = stream, batch_size
         self.done, self.rank, self.world = done, rank, world
+        #: each rank reads only its part of the stream (block ``j`` is shard ``j * world + rank``)
+        self.split = stream.split is not None and world > 1
 
     def of_rank(self, shard: int) -> bool:
         """Whether ``shard`` is this rank's (``k % world``)."""
@@ -250,13 +258,19 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
         return ("batch", shard, keys, batch, failed)
 
     def _single_stream(self) -> Iterator[tuple[Any, ...]]:
-        """Read the whole stream; batch the shards this rank computes, pass over the others."""
+        """Read the whole stream (or this rank's part); batch the shards this rank computes,
+        pass over the others."""
         size = self.stream.shard_size
-        shard, keys, content = 0, [], hashlib.sha256()
+        block, keys, content = 0, [], hashlib.sha256()
         chunk: list[tuple[str, Any, str | None]] = []
-        for position, sample in enumerate(self.stream.dataset):
+        dataset = self.stream.dataset
+        if self.split:
+            dataset = rank_part(dataset, self.rank, self.world)
+        shard = self._block_shard(0)
+        for position, sample in enumerate(dataset):
             key = sample.get("__key__") if isinstance(sample, Mapping) else None
-            key = str(key) if key is not None else str(position)
+            where = f"{self.rank}:{position}" if self.split else str(position)
+            key = str(key) if key is not None else where
             if isinstance(sample, Mapping) and "__key__" in sample:
                 sample = {k: v for k, v in sample.items() if k != "__key__"}
             content.update(key.encode() + b"\0")
@@ -266,11 +280,16 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
                 chunk.append((key, sample, None))
             if len(keys) == size:
                 yield from self._close_chunk(shard, chunk, keys, content.hexdigest())
-                shard, keys, content, chunk = shard + 1, [], hashlib.sha256(), []
+                block, keys, content, chunk = block + 1, [], hashlib.sha256(), []
+                shard = self._block_shard(block)
         if keys:
             yield from self._close_chunk(shard, chunk, keys, content.hexdigest())
-            shard += 1
-        yield ("stop", shard)
+            block += 1
+        yield ("stop", block)
+
+    def _block_shard(self, block: int) -> int:
+        """The shard of the stream's ``block``-th ``shard_size`` samples read here."""
+        return block * self.world + self.rank if self.split else block
 
     def _close_chunk(
         self, shard: int, chunk: list[tuple[str, Any, str | None]], keys: list[str], content: str
