@@ -174,3 +174,44 @@ def test_torchrun_a_stream_that_splits_itself_is_read_in_parts(tmp_path: Path) -
                 )
     finally:
         torch.set_num_threads(threads)
+
+
+HIDDEN_SPLIT_SCRIPT = """
+import os
+import sys
+import torch
+torch.set_num_threads(1)
+from featwrap import extract
+from tests.text_models import TextEncoder, TextStream, sequences
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+seqs = sequences(12)[rank::world]  # split inside, as webdataset's split_by_node does
+torch.manual_seed(2)
+try:
+    extract(TextEncoder().eval(), TextStream(seqs), ["embed"], out=sys.argv[1], batch_size=2,
+            shard_size=3, num_workers=0)
+except Exception as error:  # each rank's own file: the ranks' stderr lines interleave
+    with open(f"{sys.argv[1]}-error-{rank}", "w") as f:
+        f.write(f"{type(error).__name__}: {error}")
+    raise
+"""
+
+
+def test_torchrun_a_stream_split_out_of_sight_is_refused(tmp_path: Path) -> None:
+    """Each rank given another stream would compute shards of different data: refused, by the
+    content of the shards every rank reads."""
+    script = tmp_path / "hidden_split.py"
+    script.write_text(HIDDEN_SPLIT_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*torchrun, str(script), str(out)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode != 0
+    for rank in range(2):
+        error = Path(f"{out}-error-{rank}").read_text()
+        assert error.startswith("DataError: The ranks read different streams: shard 0 holds "
+                                "other samples on rank 1"), error  # fmt: skip
+        assert "split_by_node" in error
+    assert not (out / "manifest.json").exists()

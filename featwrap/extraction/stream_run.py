@@ -15,7 +15,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class StreamJob:
     #: the model's part of the spec and of the manifest (``run.py``)
     spec: dict[str, Any]
     manifest: dict[str, Any]
+    #: the content digest of each shard of a whole stream read here (every rank reads it all)
+    read: dict[int, str] = field(default_factory=dict)
 
     # -- in memory -------------------------------------------------------------------------------
     def in_memory(self) -> Features:
@@ -117,6 +119,8 @@ class StreamJob:
             ranks.first(output.remove_run)
             self.batch_size = asked
             return self._locked(output, overwrite, ranks)  # anew: nothing to differ from
+        if ranks.distributed and self.stream.kind == "iterable" and not batches.split:
+            _check_same_stream(ranks.gather(self.read))
         if batches.split:  # rank r's j-th block is shard j * world + r
             counts = ranks.gather(n_shards)
             shards = sorted(j * ranks.world + r for r, c in enumerate(counts) for j in range(c))
@@ -238,6 +242,8 @@ class StreamJob:
             if pending is not None:
                 _write(sink, pending)
                 pending = None
+            if kind in ("end", "seen") and self.stream.kind == "iterable":
+                self.read[shard] = item[-1]["content_sha256"]
             if kind == "end":
                 sink.commit(shard, self.stream.shard_name(shard), item[2])
             elif kind == "error":
@@ -338,6 +344,22 @@ class StreamJob:
                 host = to_host(data.detach())
                 rows[key] = Ragged(host, value.lengths) if isinstance(value, Ragged) else host
             return finish(rows, self.device)
+
+
+def _check_same_stream(read: list[dict[int, str]]) -> None:
+    """Every rank read the whole stream: the same shards, of the same content (each rank's
+    ``{shard: content digest}``, in rank order)."""
+    for rank, shards in enumerate(read[1:], 1):
+        differ = sorted(k for k in set(shards) | set(read[0]) if shards.get(k) != read[0].get(k))
+        if differ:
+            raise DataError(
+                f"The ranks read different streams: shard {differ[0]} holds other samples on "
+                f"rank {rank} than on rank 0 ({len(differ)} shards differ), so their rows cannot "
+                "be put together. Give every rank the same, unsplit stream (a dataset that "
+                "splits itself by rank inside, as webdataset's split_by_node or HuggingFace's "
+                "split_dataset_by_node, reads a different one on each rank), or a DataPipe with "
+                "a sharding_filter(); then run again with overwrite=True (--overwrite)."
+            )
 
 
 def ranks_of(ranks: Ranks) -> tuple[int, int]:
