@@ -35,7 +35,7 @@ from featwrap.extraction.resume import check_stream, stream_digest
 from featwrap.extraction.rows import Forward
 from featwrap.extraction.speed import HostRows, Speed, finish, to_host
 from featwrap.extraction.store import Output, write_atomic
-from featwrap.extraction.streams import ShardBatches, Stream
+from featwrap.extraction.streams import ShardBatches, Stream, at_samples
 from featwrap.extraction.tokens import Ragged, token_pool
 
 __all__ = ["StreamJob"]
@@ -233,7 +233,10 @@ class StreamJob:
                 keys, batch, failed = item[2], item[3], item[4]
                 self._failed(sink, shard, failed)
                 if batch is not None:
-                    rows = self._rows(batch, len(keys))
+                    try:
+                        rows = self._rows(batch, len(keys))
+                    except DataError as error:  # the model cannot take these samples
+                        raise at_samples(error, keys, self.stream.shard_name(shard)) from error
                     if pending is not None:  # written while this batch's features travel
                         _write(sink, pending)
                     pending = (shard, keys, rows, _targets(batch, len(keys)))

@@ -40,7 +40,7 @@ from featwrap.extraction.inputs import is_keyword_batch, pad_collate
 from featwrap.extraction.rank_split import rank_part, split_protocol
 from featwrap.extraction.tars import decode_sample, is_tar_spec, read_tar, tar_paths
 
-__all__ = ["ShardBatches", "Stream", "open_stream"]
+__all__ = ["ShardBatches", "Stream", "at_samples", "open_stream"]
 
 Transform = Callable[[Any], Any]
 Collate = Callable[[list[Any]], Any]
@@ -254,7 +254,10 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
     def _batch(
         self, shard: int, keys: list[str], good: list[Any], failed: list[tuple[str, str]]
     ) -> tuple[Any, ...]:
-        batch = self.stream.collate_fn(good) if good else None
+        try:
+            batch = self.stream.collate_fn(good) if good else None
+        except DataError as error:  # samples that cannot be batched together
+            raise at_samples(error, keys, self.stream.shard_name(shard)) from error
         return ("batch", shard, keys, batch, failed)
 
     def _single_stream(self) -> Iterator[tuple[Any, ...]]:
@@ -267,7 +270,7 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
         if self.split:
             dataset = rank_part(dataset, self.rank, self.world)
         shard = self._block_shard(0)
-        for position, sample in enumerate(dataset):
+        for position, sample in enumerate(_read(dataset, self.stream.description)):
             key = sample.get("__key__") if isinstance(sample, Mapping) else None
             where = f"{self.rank}:{position}" if self.split else str(position)
             key = str(key) if key is not None else where
@@ -300,6 +303,30 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
             yield ("end", shard, identity)
         else:
             yield ("seen", shard, keys, identity)
+
+
+def at_samples(error: DataError, keys: list[str], shard: str) -> DataError:
+    """``error``, naming the samples it is about and saying that what was written is kept."""
+    shown = ", ".join(repr(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return DataError(f"{error} (samples {shown} of {shard}; the shards already written are kept)")
+
+
+def _read(dataset: Any, description: str) -> Iterator[Any]:
+    """The samples of ``dataset``; an error it raises becomes a :class:`DataError` saying how
+    far it got."""
+    iterator, count = iter(dataset), 0
+    while True:
+        try:
+            sample = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:
+            raise DataError(
+                f"{description} failed after {count} samples ({type(error).__name__}: {error}). "
+                "The shards already written are kept: fix the stream and run again to resume."
+            ) from error
+        count += 1
+        yield sample
 
 
 def _guarded(key: str, read: Callable[..., Any], *args: Any) -> tuple[str, Any, str | None]:
