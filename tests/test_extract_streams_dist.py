@@ -75,13 +75,15 @@ torch.set_num_threads(1)
 from featwrap import extract
 from tests.text_models import TextEncoder, TextStream, sequences
 torch.manual_seed(2)
-extract(TextEncoder().eval(), TextStream(sequences(17)), ["embed", "encoder.layers.1"],
-        out=sys.argv[1], pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3)
+extract(TextEncoder().eval(), TextStream(sequences(17), length=17), ["embed", "encoder.layers.1"],
+        out=sys.argv[1], pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3,
+        progress=True)
 """
 
 
 def test_torchrun_iterable_dataset_equal_one_process(tmp_path: Path) -> None:
-    """Every rank reads the stream and computes its own shards (6 shards: 3 each)."""
+    """Every rank reads the stream and computes its own shards (6 shards: 3 each); rank 0's
+    progress bar counts the shards it reads through as well as those it computes."""
     from tests.text_models import TextEncoder, TextStream, sequences
 
     script = tmp_path / "stream_extract.py"
@@ -94,12 +96,13 @@ def test_torchrun_iterable_dataset_equal_one_process(tmp_path: Path) -> None:
         [*torchrun, str(script), str(two)], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "17/17" in done.stderr  # the bar of rank 0 (the others show none)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(2)
         one = featwrap.extract(
-            TextEncoder().eval(), TextStream(sequences(17)), ["embed", "encoder.layers.1"],
+            TextEncoder().eval(), TextStream(sequences(17), length=17), ["embed", "encoder.layers.1"],
             out=tmp_path / "one", pool={"encoder.layers.1": "last"}, batch_size=2, shard_size=3,
         )  # fmt: skip
     finally:

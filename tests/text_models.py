@@ -57,13 +57,22 @@ class TextStream(IterableDataset[dict[str, Any]]):
     """The same samples as a stream, with webdataset-style ``__key__``s."""
 
     def __init__(
-        self, seqs: list[torch.Tensor], stop: int | None = None, name: str = "text"
+        self,
+        seqs: list[torch.Tensor],
+        stop: int | None = None,
+        name: str = "text",
+        length: int | None = None,
     ) -> None:
-        self.seqs, self.stop, self.name = seqs, stop, name
+        self.seqs, self.stop, self.name, self.length = seqs, stop, name, length
 
     def __iter__(self) -> Any:
         for i, seq in enumerate(self.seqs[: self.stop]):
             yield {"__key__": f"{self.name}{i:03d}", "input_ids": seq}
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("a stream without a length (pass length=)")
+        return self.length
 
 
 def tiny_bert() -> nn.Module:
