@@ -68,6 +68,18 @@ def test_torchrun_tar_shards_equal_one_process(tmp_path: Path) -> None:
     ).read_bytes()
 
 
+def two_ranks(tmp_path: Path, script: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` run by torchrun in 2 CPU processes, with ``out`` as its argument."""
+    path = tmp_path / f"script_{out.name}.py"
+    path.write_text(script)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    return subprocess.run(
+        [*torchrun, str(path), str(out)], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
 SCRIPT = """
 import sys
 import torch
@@ -86,15 +98,8 @@ def test_torchrun_iterable_dataset_equal_one_process(tmp_path: Path) -> None:
     progress bar counts the shards it reads through as well as those it computes."""
     from tests.text_models import TextEncoder, TextStream, sequences
 
-    script = tmp_path / "stream_extract.py"
-    script.write_text(SCRIPT)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
     two = tmp_path / "two"
-    done = subprocess.run(
-        [*torchrun, str(script), str(two)], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = two_ranks(tmp_path, SCRIPT, two)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "17/17" in done.stderr  # the bar of rank 0 (the others show none)
     threads = torch.get_num_threads()
@@ -139,15 +144,8 @@ def test_torchrun_a_stream_that_splits_itself_is_read_in_parts(tmp_path: Path) -
     the ranks' block order: rank r's j-th block of 3 samples is shard 2j + r."""
     from tests.text_models import TextEncoder, sequences, text_pipe
 
-    script = tmp_path / "split_extract.py"
-    script.write_text(SPLIT_SCRIPT)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
     two = tmp_path / "two"
-    done = subprocess.run(
-        [*torchrun, str(script), str(two)], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = two_ranks(tmp_path, SPLIT_SCRIPT, two)
     assert done.returncode == 0, done.stderr[-3000:]
     decoded = [json.loads(Path(f"{two}-decoded-{r}").read_text()) for r in range(2)]
     assert decoded == [list(range(0, 17, 2)), list(range(1, 17, 2))]  # each its own, once
@@ -202,15 +200,8 @@ except Exception as error:  # each rank's own file: the ranks' stderr lines inte
 def test_torchrun_a_stream_split_out_of_sight_is_refused(tmp_path: Path) -> None:
     """Each rank given another stream would compute shards of different data: refused, by the
     content of the shards every rank reads."""
-    script = tmp_path / "hidden_split.py"
-    script.write_text(HIDDEN_SPLIT_SCRIPT)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
     out = tmp_path / "out"
-    done = subprocess.run(
-        [*torchrun, str(script), str(out)], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = two_ranks(tmp_path, HIDDEN_SPLIT_SCRIPT, out)
     assert done.returncode != 0
     for rank in range(2):
         error = Path(f"{out}-error-{rank}").read_text()
