@@ -1,7 +1,8 @@
 """Killed with SIGKILL at any point and run again, extraction ends with the uninterrupted output.
 
 The killed runs are child processes: forked from this one (fast: no imports) and told where to die
-by FEATWRAP_TEST_KILL (featwrap/extraction/_testing.py), or the real CLI killed from outside.
+by tests/kill_points.py (which wraps the functions that mark each point), or the real CLI killed
+from outside.
 Everything runs on one thread so that every process computes bit-identical values.
 """
 
@@ -29,6 +30,7 @@ from torch.utils.data import TensorDataset
 import featwrap
 from featwrap import DataError, ResumeMismatchError, extract
 from featwrap.extraction.lock import LOCK_FILE
+from tests import kill_points
 
 N = 22
 KWARGS: dict[str, Any] = {"batch_size": 2, "shard_size": 4, "num_workers": 0}  # 6 shards
@@ -77,7 +79,7 @@ def killed(kill_at: str, target: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _child(kill_at: str, target: Any, args: Any, kwargs: Any) -> None:
-    os.environ["FEATWRAP_TEST_KILL"] = kill_at
+    kill_points.arm(kill_at)
     torch.set_num_threads(1)
     target(*args, **kwargs)
 

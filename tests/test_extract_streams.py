@@ -2,8 +2,7 @@
 
 Values are checked against each sample run alone through the model (hand-written cloning hooks,
 tests/reference.py); a resumed run against the same run uninterrupted, bit for bit (one thread).
-The killed runs are real subprocesses, told where to die by FEATWRAP_TEST_KILL
-(featwrap/extraction/_testing.py).
+The killed runs are real subprocesses, told where to die by tests/kill_points.py.
 """
 
 from __future__ import annotations
@@ -141,6 +140,8 @@ import sys
 import torch
 torch.set_num_threads(1)
 from featwrap import extract
+from tests import kill_points
+kill_points.arm(sys.argv[3])
 from tests.streams_data import make_net, to_tensor
 from tests.text_models import TextEncoder, TextStream, sequences
 if sys.argv[1] == "text":
@@ -156,10 +157,13 @@ else:
 def killed_run(tmp_path: Path, kill_at: str, data: str, out: Path) -> None:
     script = tmp_path / "run_extract.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "FEATWRAP_TEST_KILL": kill_at, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
-        [sys.executable, str(script), data, str(out)], env=env, capture_output=True, timeout=300
+        [sys.executable, str(script), data, str(out), kill_at],
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
@@ -293,3 +297,53 @@ def test_stream_that_ends_before_its_length(tmp_path: Path) -> None:
 def test_missing_shards_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"2 of the 2 tar shards do not exist \('.*a-0.tar'"):
         extract(make_net(), str(tmp_path / "a-{0..1}.tar"), LAYERS)
+
+
+class Broken(IterableDataset[dict[str, Any]]):
+    """TextStream's samples, but for ``bad``: dicts without the model's ``input_ids``, or the
+    stream raising at the first of them (``how="raises"``)."""
+
+    def __init__(self, seqs: list[torch.Tensor], bad: tuple[int, ...] = (), how: str = "") -> None:
+        self.seqs, self.bad, self.how = seqs, bad, how
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i, seq in enumerate(self.seqs):
+            if i in self.bad and self.how == "raises":
+                raise ConnectionResetError("the server closed the connection")
+            name = "tokens" if i in self.bad else "input_ids"
+            yield {"__key__": f"text{i:03d}", name: seq}
+
+
+@pytest.mark.parametrize(
+    ("bad", "how", "message"),
+    [
+        ((6, 7), "", r"keys \['tokens', 'attention_mask'\] but lacks \['input_ids'\].*\(samp"),
+        ((7,), "", r"keys \['tokens'\] but sample 0 has \['input_ids'\].*\(samples 'text006', "),
+        ((7,), "raises", r"failed after 7 samples \(ConnectionResetError: the server closed"),
+    ],
+    ids=["a batch without the model's keys", "a sample without them", "a stream that raises"],
+)
+def test_bad_stream_sample_clear_error_keeps_what_was_written(
+    tmp_path: Path, bad: tuple[int, ...], how: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(2)
+    encoder = TextEncoder().eval()
+    args: dict[str, Any] = {"pool": "avg", "batch_size": 2, "shard_size": 3, "num_workers": 0}
+    seqs, out = sequences(11), tmp_path / "out"
+    with pytest.raises(DataError, match=message) as info:
+        extract(encoder, Broken(seqs, bad, how), ["embed"], out=out, **args)
+    assert "the shards already written are kept" in str(info.value).lower()
+    markers = sorted(p.name for p in (out / ".featwrap-run" / "shards").iterdir())
+    assert markers == ["000000.json", "000001.json"]  # the shards before sample 6 are kept
+    from featwrap.extraction import stream_run
+
+    computed: list[int] = []
+    original = stream_run.StreamJob._rows
+    monkeypatch.setattr(
+        stream_run.StreamJob, "_rows", lambda job, b, n: computed.append(n) or original(job, b, n)
+    )
+    resumed = extract(encoder, Broken(seqs), ["embed"], out=out, **args)  # the stream mended
+    assert sum(computed) == 11 - 6  # the shards written before were kept and used
+    with torch.no_grad():
+        for i, seq in enumerate(seqs):
+            torch.testing.assert_close(resumed["embed"][i], encoder.embed(seq).mean(0))

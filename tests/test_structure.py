@@ -177,6 +177,15 @@ def test_no_function_hides_its_module() -> None:
             assert attribute is module, f"{parent}.{short} is {attribute!r}, not the module"
 
 
+def test_no_test_hooks_in_the_package() -> None:
+    """Tests kill, slow or break the library from their side (tests/kill_points.py patches the
+    functions it kills in); the package reads no test switch from the environment."""
+    for name, path in MODULES.items():
+        text = path.read_text()
+        assert "FEATWRAP_TEST" not in text, f"{name} reads a test switch"
+        assert "_testing" not in text, f"{name} calls a test hook"
+
+
 def test_every_public_name_is_exported_and_importable() -> None:
     assert len(set(featwrap.__all__)) == len(featwrap.__all__)
     for name in featwrap.__all__:

@@ -57,13 +57,22 @@ class TextStream(IterableDataset[dict[str, Any]]):
     """The same samples as a stream, with webdataset-style ``__key__``s."""
 
     def __init__(
-        self, seqs: list[torch.Tensor], stop: int | None = None, name: str = "text"
+        self,
+        seqs: list[torch.Tensor],
+        stop: int | None = None,
+        name: str = "text",
+        length: int | None = None,
     ) -> None:
-        self.seqs, self.stop, self.name = seqs, stop, name
+        self.seqs, self.stop, self.name, self.length = seqs, stop, name, length
 
     def __iter__(self) -> Any:
         for i, seq in enumerate(self.seqs[: self.stop]):
             yield {"__key__": f"{self.name}{i:03d}", "input_ids": seq}
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("a stream without a length (pass length=)")
+        return self.length
 
 
 def tiny_bert() -> nn.Module:
@@ -84,3 +93,22 @@ def tiny_gpt2() -> nn.Module:
         bos_token_id=1, eos_token_id=1,
     )  # fmt: skip
     return GPT2Model(config).eval()
+
+
+#: the indices :func:`decode` turned into samples in this process, in order
+DECODED: list[int] = []
+
+
+def decode(item: tuple[int, torch.Tensor]) -> dict[str, Any]:
+    """A sample of :func:`text_pipe`, noted in :data:`DECODED` (the costly step of a pipeline)."""
+    index, seq = item
+    DECODED.append(index)
+    return {"__key__": f"text{index:03d}", "input_ids": seq}
+
+
+def text_pipe(seqs: list[torch.Tensor]) -> Any:
+    """The samples of :class:`TextStream` as a DataPipe that splits itself between ranks: the
+    ``sharding_filter()`` comes before the decoding, so each rank decodes only its part."""
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    return IterableWrapper(list(enumerate(seqs))).sharding_filter().map(decode)

@@ -39,6 +39,7 @@ __all__ = [
     "Identity",
     "changed_samples",
     "content_digest",
+    "fingerprint",
     "identify",
     "sample_ids_change",
 ]
@@ -57,9 +58,15 @@ def identify(source: Source) -> Identity:
         keys = _row_keys(source.dataset)
     if keys is not None:
         return {"keys": keys, "fingerprint": None}
-    n, k = len(source.ids), FINGERPRINT_SAMPLES
+    return {"keys": None, "fingerprint": fingerprint(source.dataset, len(source.ids))}
+
+
+def fingerprint(dataset: Any, n: int) -> dict[str, str]:
+    """``{index: content hash}`` of up to :data:`FINGERPRINT_SAMPLES` evenly spaced samples of
+    the ``n`` samples of a map-style ``dataset``."""
+    k = FINGERPRINT_SAMPLES
     picked = range(n) if n <= k else sorted({i * (n - 1) // (k - 1) for i in range(k)})
-    return {"keys": None, "fingerprint": {str(i): _sample_hash(source.dataset, i) for i in picked}}
+    return {str(i): _sample_hash(dataset, i) for i in picked}
 
 
 def content_digest(identity: Identity) -> str:

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError
 from featwrap.extraction.safetensors_file import DTYPES, dtype_from_name
 from featwrap.extraction.store import Output, write_atomic
@@ -92,7 +91,6 @@ class PieceWriter:
             _append(piece.folder / f"{j}.bin", data)
             if isinstance(value, Ragged):
                 _append(piece.folder / f"{j}.len", value.lengths)
-        _testing.point("batch")
 
     def skip(self, shard: int, skipped: list[dict[str, Any]]) -> None:
         self._piece(shard).skipped += skipped
@@ -122,7 +120,6 @@ class PieceWriter:
         }
         write_atomic(_marker(self.output, shard), _dump(marker))
         del self.open[shard]
-        _testing.point("commit")
 
     def _piece(self, shard: int) -> _Open:
         if shard not in self.open:
@@ -215,19 +212,20 @@ def _check_same(described: list[Any], key: str) -> None:
             )
 
 
-def assemble(output: Output, keys: list[str], n_shards: int) -> dict[str, Any]:
-    """Concatenate the committed pieces into ``features.safetensors`` (rank 0, once all are in).
+def assemble(output: Output, keys: list[str], shards: list[int]) -> dict[str, Any]:
+    """Concatenate the committed pieces of ``shards`` into ``features.safetensors``, in that
+    order (rank 0, once all are in).
 
     Returns ``{"ids", "targets", "skipped", "layers": {key: entry}, "shards"}`` for the manifest.
     """
     markers = done_shards(output)
-    missing = [k for k in range(n_shards) if k not in markers]
+    missing = [k for k in shards if k not in markers]
     if missing:
         raise OutputError(
             f"{len(missing)} shards of {str(output.root)!r} were not written (first: "
             f"{missing[0]}); run the same extraction again to finish them."
         )
-    ordered = [markers[k] for k in range(n_shards)]
+    ordered = [markers[k] for k in shards]
     full = [m for m in ordered if m["rows"]]
     if not full:
         raise DataError("No sample could be read: every shard was empty or unreadable.")
@@ -252,7 +250,6 @@ def assemble(output: Output, keys: list[str], n_shards: int) -> dict[str, Any]:
             layers[key] = {"shape": [rows, *entry["shape"]]}
         layers[key]["dtype"] = str(dtype).removeprefix("torch.")
     _write_file(output, tensors, offsets)
-    _testing.point("finalize")
     return {
         "ids": [k for m in ordered for k in m["keys"]],
         "targets": None

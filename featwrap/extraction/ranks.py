@@ -52,6 +52,14 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if not self.distributed:
+            return [obj]
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def agree(self, error: BaseException | None) -> None:
         """Wait for every rank; if any failed, raise its error on every rank (no rank hangs).
 

@@ -30,17 +30,23 @@ from featwrap.extraction.data import (
 )
 from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters
+from featwrap.extraction.jobs import (
+    ModelRecord,
+    claimed_output,
+    model_manifest,
+    model_spec,
+    spec_mismatch,
+)
 from featwrap.extraction.load import Features, load_features
-from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.plan import Step, plan_batches
-from featwrap.extraction.pool import PoolSpec, pool_name, resolve_pools
-from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.pool import PoolSpec, resolve_pools
+from featwrap.extraction.ranks import Ranks
 from featwrap.extraction.resume import check_finished, reconcile, run_record
 from featwrap.extraction.rows import Forward, compute_rows, feature_forward
 from featwrap.extraction.safetensors_file import FilePlan
 from featwrap.extraction.sinks import FileSink, MemorySink, Sink
 from featwrap.extraction.speed import Speed, model_format
-from featwrap.extraction.store import FEATURES_FILE, Output
+from featwrap.extraction.store import Output
 from featwrap.extraction.stream_run import StreamJob
 from featwrap.extraction.streams import Stream, open_stream
 from featwrap.hub import LoadedModel, load_model_noted
@@ -52,15 +58,6 @@ __all__ = ["extract"]
 
 #: ``(indices read, rows, (index, error) of unreadable samples)`` of one batch
 _Computed = tuple[list[int], dict[str, torch.Tensor] | None, list[tuple[int, str]]]
-
-
-@dataclass
-class _Model:
-    module: nn.Module
-    name: str
-    weights: str
-    pretrained: bool | None
-    preset: Any = None
 
 
 def extract(
@@ -167,7 +164,7 @@ def extract(
         with _prepared(module, run_device, forward), model_format(module, speed):
             if out is None:
                 return stream_job.in_memory()
-            return stream_job.to_directory(Path(out), overwrite)
+            return stream_job.to_directory(Path(out), overwrite, module)
     source = resolve_source(data, images)
     job = _Job(
         resolved, source, fast, paths, pools, store_dtype, run_device,
@@ -203,7 +200,7 @@ class _prepared:
 
 @dataclass
 class _Job:
-    model: _Model
+    model: ModelRecord
     source: Source
     forward: Forward
     paths: dict[str, str]
@@ -244,28 +241,15 @@ class _Job:
 
     # -- on disk ---------------------------------------------------------------------------------
     def to_directory(self, root: Path, overwrite: bool) -> Features:
-        ranks = join_ranks(self.device)
-        try:
-            if ranks.distributed and self.device.type == "cuda":
-                self.device = torch.device("cuda", ranks.local_rank)
-                self.model.module.to(self.device)
-            return self._to_directory(Output(root), overwrite, ranks)
-        finally:
-            ranks.close()
-
-    def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
-        lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
-        ranks.first(lock.acquire)
-        try:
+        with claimed_output(root, self.device, self.model.module) as (output, ranks, device):
+            self.device = device
             return self._locked(output, overwrite, ranks)
-        finally:
-            lock.release()
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
         opened = ranks.first(lambda: self._open(output, spec, overwrite))
         (state, plan, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
-        ranks.agree(_spec_mismatch(first_spec, spec, ranks.rank))
+        ranks.agree(spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
         self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
@@ -440,37 +424,17 @@ class _Job:
         """What determines the values: a resumed run must match it exactly."""
         ids = hashlib.sha256("\n".join(self.source.ids).encode()).hexdigest()
         return {
-            "model": self.model.name,
-            "weights": self.model.weights,
-            "parameters_sha256": _parameters_digest(self.model.module),
-            "layers": dict(self.paths),
+            **model_spec(self.model, self.paths, self.pools, self.dtype, self.speed),
             "layer_order": list(self.paths),  # the file's order (dicts compare without it)
-            "pool": {k: pool_name(p) for k, p in self.pools.items()},
-            "dtype": None if self.dtype is None else dtype_name(self.dtype),
             "samples": self.n,
             "ids_sha256": ids,
             "transform": self.source.transform,
             "shard_size": self.shard_size,
-            **self.speed.spec(),
         }
 
     def _manifest(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        from featwrap._version import __version__
-
-        manifest: dict[str, Any] = {
-            "format": "featwrap-features/1",
-            "file": FEATURES_FILE,
-            "featwrap": __version__,
-            "torch": torch.__version__,
-            "model": self.model.name,
-            "weights": self.model.weights,
-            "pretrained": self.model.pretrained,
-            "layers": {
-                k: {"path": p, "pool": pool_name(self.pools[k])} for k, p in self.paths.items()
-            },
-            "data": self.source.description,
-            "transform": self.source.transform,
-        }
+        manifest = model_manifest(self.model, self.paths, self.pools)
+        manifest.update(data=self.source.description, transform=self.source.transform)
         if self.source.classes is not None:
             manifest["classes"] = self.source.classes
         if spec is not None:
@@ -480,7 +444,7 @@ class _Job:
 
 def _stream_job(
     stream: Stream,
-    model: _Model,
+    model: ModelRecord,
     forward: Forward,
     paths: dict[str, str],
     pools: dict[str, Any],
@@ -493,44 +457,13 @@ def _stream_job(
     speed: Speed,
 ) -> StreamJob:
     """The job for data read shard by shard, with the model's part of its spec and manifest."""
-    from featwrap._version import __version__
-
-    spec = {
-        "model": model.name,
-        "weights": model.weights,
-        "parameters_sha256": _parameters_digest(model.module),
-        "layers": dict(paths),
-        "pool": {k: pool_name(p) for k, p in pools.items()},
-        "dtype": None if dtype is None else dtype_name(dtype),
-        **speed.spec(),
-    }
-    manifest = {
-        "format": "featwrap-features/1",
-        "file": FEATURES_FILE,
-        "featwrap": __version__,
-        "torch": torch.__version__,
-        "model": model.name,
-        "weights": model.weights,
-        "pretrained": model.pretrained,
-        "layers": {k: {"path": p, "pool": pool_name(pools[k])} for k, p in paths.items()},
-    }
+    spec = model_spec(model, paths, pools, dtype, speed)
+    manifest = model_manifest(model, paths, pools)
     return StreamJob(
         stream, forward, paths, pools, dtype, device,
         batch_size or stream.batch_size or 32, num_workers, on_error, progress,
         Parameters.of(model.module), speed, spec, manifest,
     )  # fmt: skip
-
-
-def _spec_mismatch(first: dict[str, Any], mine: dict[str, Any], rank: int) -> Exception | None:
-    if first == mine:
-        return None
-    from featwrap.extraction.errors import ResumeMismatchError
-    from featwrap.extraction.store import describe_changes
-
-    return ResumeMismatchError(
-        f"Rank {rank} was started with other arguments or data than rank 0 "
-        f"({describe_changes(first, mine)}). Start every process with the same arguments."
-    )
 
 
 def _caller_level() -> int:
@@ -568,16 +501,18 @@ def _check_shapes(
 
 
 # -- arguments -------------------------------------------------------------------------------------
-def _resolve_model(model: Any, weights: str | None) -> _Model:
+def _resolve_model(model: Any, weights: str | None) -> ModelRecord:
     if isinstance(model, str):
         model, note = load_model_noted(model, weights)
         if note:
             warnings.warn(note, stacklevel=3)
     if isinstance(model, LoadedModel):
-        return _Model(model.model, model.name, model.weights, model.pretrained, model.transforms)
+        return ModelRecord(
+            model.model, model.name, model.weights, model.pretrained, model.transforms
+        )
     if isinstance(model, nn.Module):
         cls = type(model)
-        return _Model(model, f"{cls.__module__}.{cls.__qualname__}", "given module", None)
+        return ModelRecord(model, f"{cls.__module__}.{cls.__qualname__}", "given module", None)
     raise FeatwrapTypeError(
         f"model must be a torch.nn.Module or a model name such as 'torchvision:resnet18', got "
         f"{type(model).__name__}: {model!r:.80}"
@@ -665,15 +600,3 @@ def _dtype(dtype: Any) -> torch.dtype | None:
             "out to keep the model's own dtype."
         )
     return value
-
-
-def _parameters_digest(module: nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes, bytes): the weights' identity."""
-    digest = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        data = value.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(data.view(torch.uint8).numpy().data if data.numel() else b"")
-    return digest.hexdigest()

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import torch
 
-from featwrap.extraction import _testing
 from featwrap.extraction.safetensors_file import FilePlan, index_runs
 from featwrap.extraction.space import disk_full, is_disk_full, unwritten_bytes
 from featwrap.extraction.store import Output
@@ -119,12 +118,10 @@ class FileSink:
             try:
                 if item[0] == "write":
                     self._write(item[1], item[2])
-                    _testing.point("batch")
                 else:
                     _, shard, span, skipped = item
                     _sync(self._fd)
                     self.output.commit(shard, span, skipped)
-                    _testing.point("commit")
             except OSError as error:
                 self._failed = True
                 self._error = error

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from featwrap._text import dtype_name
-from featwrap.extraction import _testing
 from featwrap.extraction.errors import DataError, OutputError, ResumeMismatchError
 from featwrap.extraction.lock import LOCK_FILE
 from featwrap.extraction.safetensors_file import FilePlan, index_runs
@@ -276,7 +275,6 @@ class Output:
                 with open(self.partial, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(self.partial, self.features)
-            _testing.point("finalize")
         skipped = json.loads((self.work / "skipped.json").read_text())
         gone = {int(s["index"]) for s in skipped}
         rows = len(ids) - len(gone)
@@ -322,7 +320,6 @@ class Output:
                 dst.seek(small.data_start + small[layer.key].start)
                 for a, b in keep:
                     _copy(src, plan.data_start + layer.start + a * rb, (b - a) * rb, dst)
-                _testing.point("compact")
             dst.flush()
             os.fsync(dst.fileno())
 

@@ -5,7 +5,7 @@ over :class:`ShardBatches` yields each shard's batches; their rows go to the sha
 (``pieces.py``), committed at the shard's end. Resuming skips the committed shards (a tar shard
 whose file changed since, or a stream whose committed samples changed, is an error); under
 ``torchrun`` shard ``k`` goes to rank ``k % world``, so the output does not depend on the number
-of processes.
+of processes. What is checked of the data on resume, and when, is told in ``resume.py``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,17 @@ from torch.utils.data import DataLoader
 from featwrap.errors import FeatwrapValueError
 from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters, split_batch
+from featwrap.extraction.jobs import claimed_output, spec_mismatch
 from featwrap.extraction.load import Features, load_features
-from featwrap.extraction.lock import OutputLock
 from featwrap.extraction.pieces import MemoryPieces, PieceWriter, assemble, done_shards
 from featwrap.extraction.pool import Pool
-from featwrap.extraction.ranks import Ranks, join_ranks
+from featwrap.extraction.progress import Progress
+from featwrap.extraction.ranks import Ranks
+from featwrap.extraction.resume import check_stream, stream_digest
 from featwrap.extraction.rows import Forward
 from featwrap.extraction.speed import HostRows, Speed, finish, to_host
-from featwrap.extraction.store import Output, describe_changes, write_atomic
-from featwrap.extraction.streams import ShardBatches, Stream
+from featwrap.extraction.store import Output, write_atomic
+from featwrap.extraction.streams import ShardBatches, Stream, at_samples
 from featwrap.extraction.tokens import Ragged, token_pool
 
 __all__ = ["StreamJob"]
@@ -60,6 +61,8 @@ class StreamJob:
     #: the model's part of the spec and of the manifest (``run.py``)
     spec: dict[str, Any]
     manifest: dict[str, Any]
+    #: the content digest of each shard of a whole stream read here (every rank reads it all)
+    read: dict[int, str] = field(default_factory=dict)
 
     # -- in memory -------------------------------------------------------------------------------
     def in_memory(self) -> Features:
@@ -83,59 +86,68 @@ class StreamJob:
         return Features(tensors, ids, skipped, manifest)
 
     # -- on disk ---------------------------------------------------------------------------------
-    def to_directory(self, root: Path, overwrite: bool) -> Features:
-        ranks = join_ranks(self.device)
-        try:
-            if ranks.distributed and self.device.type == "cuda":
-                self.device = torch.device("cuda", ranks.local_rank)
-            return self._to_directory(Output(root), overwrite, ranks)
-        finally:
-            ranks.close()
-
-    def _to_directory(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
-        lock = OutputLock(output.root)  # one writer per output: rank 0 holds it for the job
-        ranks.first(lock.acquire)
-        try:
+    def to_directory(self, root: Path, overwrite: bool, module: torch.nn.Module) -> Features:
+        """Write to ``root`` (``module``: the model, moved to this rank's GPU under torchrun)."""
+        with claimed_output(root, self.device, module) as (output, ranks, device):
+            self.device = device
             return self._locked(output, overwrite, ranks)
-        finally:
-            lock.release()
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = {**self.spec, **self.stream.spec()}
+        if self.stream.split is not None and ranks.distributed:  # each rank's part: its own
+            spec["rank_split"] = {"by": self.stream.split, "ranks": ranks.world}
+        asked = self.batch_size
         opened = ranks.first(lambda: self._open(output, spec, overwrite))
         (state, batch_size), first = ranks.broadcast((opened, spec))
-        ranks.agree(
-            None
-            if first == spec
-            else ResumeMismatchError(
-                f"Rank {ranks.rank} was started with other arguments or data than rank 0 "
-                f"({describe_changes(first, spec)}). Start every process with the same arguments."
-            )
-        )
+        ranks.agree(spec_mismatch(first, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
         self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
         done = done_shards(output)
         error: Exception | None = None
         n_shards = 0
+        batches = ShardBatches(self.stream, self.batch_size, frozenset(done), *ranks_of(ranks))
         try:
-            self._check_files(done)
-            batches = ShardBatches(self.stream, self.batch_size, frozenset(done), *ranks_of(ranks))
             n_shards = self._run(batches, PieceWriter(output, list(self.paths)), done)
         except Exception as e:
             error = e
-        ranks.agree(error)
-        n_shards = ranks.broadcast(n_shards)
-        ranks.first(lambda: self._finalize(output, n_shards, spec))
+        try:
+            ranks.agree(error)
+        except ResumeMismatchError:  # the stream, read through, differs from the shards written
+            if not (overwrite and done):
+                raise
+            ranks.first(output.remove_run)
+            self.batch_size = asked
+            return self._locked(output, overwrite, ranks)  # anew: nothing to differ from
+        if ranks.distributed and self.stream.kind == "iterable" and not batches.split:
+            _check_same_stream(ranks.gather(self.read))
+        if batches.split:  # rank r's j-th block is shard j * world + r
+            counts = ranks.gather(n_shards)
+            shards = sorted(j * ranks.world + r for r, c in enumerate(counts) for j in range(c))
+        else:
+            shards = list(range(ranks.broadcast(n_shards)))
+        ranks.first(lambda: self._finalize(output, shards, spec))
         return load_features(output.root)
 
     def _open(self, output: Output, spec: dict[str, Any], overwrite: bool) -> tuple[str, int]:
         """Rank 0: check the directory against ``spec``; start the run in it if it is new.
         Returns the state and the run's batch size (a resume keeps it: padding changes values)."""
         state = output.start(spec, overwrite)
+        digest = stream_digest(self.stream)
+        if state != "new":
+            try:
+                check_stream(output, self.stream, state, digest)
+            except ResumeMismatchError:  # the data changed since
+                if not overwrite:
+                    raise
+                output.remove_run()
+                state = "new"
         if state == "new":
             output.shards.mkdir(parents=True, exist_ok=True)
-            record = {"spec": spec, "layout": None, "pieces": True, "batch_size": self.batch_size}
+            record: dict[str, Any] = {"spec": spec, "layout": None, "pieces": True}
+            record["batch_size"] = self.batch_size
+            if digest is not None:
+                record["content_sha256"] = digest
             write_atomic(output.run_json, _dump(record))
         if state != "running":
             return state, self.batch_size
@@ -149,22 +161,13 @@ class StreamJob:
             )
         return state, batch_size
 
-    def _check_files(self, done: dict[int, dict[str, Any]]) -> None:
-        """A committed tar shard must be the same file now (size, modification time)."""
-        for shard, marker in sorted(done.items()):
-            if self.stream.kind != "tar" or shard >= len(self.stream.files):
-                continue
-            if marker["identity"] != self.stream.identity(shard):
-                raise ResumeMismatchError(
-                    f"The shard {self.stream.shard_name(shard)!r} changed since its rows were "
-                    f"written ({marker['identity']} -> {self.stream.identity(shard)}). Restore it, "
-                    "or pass overwrite=True (--overwrite) to start over."
-                )
-
-    def _finalize(self, output: Output, n_shards: int, spec: dict[str, Any]) -> None:
+    def _finalize(self, output: Output, shards: list[int], spec: dict[str, Any]) -> None:
         """Rank 0, once every shard is committed: the features file, then the manifest."""
-        made = assemble(output, list(self.paths), n_shards)
+        made = assemble(output, list(self.paths), shards)
         manifest = self._manifest({"run": spec})
+        digest = output.record().get("content_sha256")
+        if digest is not None:
+            manifest["content_sha256"] = digest
         for key, entry in made["layers"].items():
             manifest["layers"][key].update(entry)
         ids, skipped = made["ids"], made["skipped"]
@@ -189,8 +192,6 @@ class StreamJob:
         done: dict[int, dict[str, Any]],
     ) -> int:
         """Compute and write the shards' rows; the number of shards of the data."""
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
         loader = DataLoader(
             batches,
             batch_size=None,
@@ -198,18 +199,11 @@ class StreamJob:
             num_workers=self._workers(batches),
             pin_memory=self.speed.pins(self.device),
         )
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        before = sum(m["rows"] + len(m["skipped"]) for m in done.values())
-        bar = tqdm(
-            total=self.stream.total,
-            initial=before,
-            unit="item",
-            disable=not show or batches.rank != 0,
-            dynamic_ncols=True,
-            desc="extract",
-        )
+        bar = Progress(batches, done, self.progress)
         try:
-            return self._loop(loader, batches, sink, done, bar)
+            n_shards = self._loop(loader, batches, sink, done, bar)
+            bar.finished()
+            return n_shards
         finally:
             bar.close()
 
@@ -229,10 +223,9 @@ class StreamJob:
         batches: ShardBatches,
         sink: PieceWriter | MemoryPieces,
         done: dict[int, dict[str, Any]],
-        bar: Any,
+        bar: Progress,
     ) -> int:
         n_shards = self.stream.n_shards
-        seen = 0
         pending: _Pending | None = None
         for item in loader:
             kind, shard = item[0], item[1]
@@ -240,7 +233,10 @@ class StreamJob:
                 keys, batch, failed = item[2], item[3], item[4]
                 self._failed(sink, shard, failed)
                 if batch is not None:
-                    rows = self._rows(batch, len(keys))
+                    try:
+                        rows = self._rows(batch, len(keys))
+                    except DataError as error:  # the model cannot take these samples
+                        raise at_samples(error, keys, self.stream.shard_name(shard)) from error
                     if pending is not None:  # written while this batch's features travel
                         _write(sink, pending)
                     pending = (shard, keys, rows, _targets(batch, len(keys)))
@@ -249,20 +245,22 @@ class StreamJob:
             if pending is not None:
                 _write(sink, pending)
                 pending = None
+            if kind in ("end", "seen") and self.stream.kind == "iterable":
+                self.read[shard] = item[-1]["content_sha256"]
             if kind == "end":
                 sink.commit(shard, self.stream.shard_name(shard), item[2])
             elif kind == "error":
                 self._unreadable_shard(sink, shard, item[2])
             elif kind == "seen":
                 self._check_seen(shard, item[2], item[3], done.get(shard))
-                seen += len(item[2])
+                bar.seen(shard, len(item[2]))
             elif kind == "stop":
                 n_shards = shard
         if pending is not None:
             _write(sink, pending)
         if n_shards is None:
             raise DataError(f"{self.stream.description} ended before it could be read.")
-        self._check_end(n_shards, done)
+        self._check_end(n_shards, done, batches)
         return n_shards
 
     def _failed(
@@ -307,8 +305,14 @@ class StreamJob:
             "same data, or pass overwrite=True (--overwrite) to start over."
         )
 
-    def _check_end(self, n_shards: int, done: dict[int, dict[str, Any]]) -> None:
-        beyond = [k for k in done if k >= n_shards]
+    def _check_end(
+        self, n_shards: int, done: dict[int, dict[str, Any]], batches: ShardBatches
+    ) -> None:
+        """``n_shards``: of the stream, or of this rank's part when it splits itself."""
+        if batches.split:
+            beyond = [k for k in done if batches.of_rank(k) and k // batches.world >= n_shards]
+        else:
+            beyond = [k for k in done if k >= n_shards]
         if beyond:
             raise ResumeMismatchError(
                 f"{self.stream.description} ended after {n_shards} shards, but the run being "
@@ -316,7 +320,8 @@ class StreamJob:
                 "Resume with the same data, or pass overwrite=True (--overwrite) to start over."
             )
         total, size = self.stream.total, self.stream.shard_size
-        if self.stream.kind == "iterable" and total is not None and n_shards != -(-total // size):
+        whole = self.stream.kind == "iterable" and not batches.split
+        if whole and total is not None and n_shards != -(-total // size):
             raise DataError(
                 f"{self.stream.description} ended after {n_shards} shards of {size} samples, but "
                 f"its len() is {total}: the stream ended early (or __len__ is wrong). The shards "
@@ -342,6 +347,22 @@ class StreamJob:
                 host = to_host(data.detach())
                 rows[key] = Ragged(host, value.lengths) if isinstance(value, Ragged) else host
             return finish(rows, self.device)
+
+
+def _check_same_stream(read: list[dict[int, str]]) -> None:
+    """Every rank read the whole stream: the same shards, of the same content (each rank's
+    ``{shard: content digest}``, in rank order)."""
+    for rank, shards in enumerate(read[1:], 1):
+        differ = sorted(k for k in set(shards) | set(read[0]) if shards.get(k) != read[0].get(k))
+        if differ:
+            raise DataError(
+                f"The ranks read different streams: shard {differ[0]} holds other samples on "
+                f"rank {rank} than on rank 0 ({len(differ)} shards differ), so their rows cannot "
+                "be put together. Give every rank the same, unsplit stream (a dataset that "
+                "splits itself by rank inside, as webdataset's split_by_node or HuggingFace's "
+                "split_dataset_by_node, reads a different one on each rank), or a DataPipe with "
+                "a sharding_filter(); then run again with overwrite=True (--overwrite)."
+            )
 
 
 def ranks_of(ranks: Ranks) -> tuple[int, int]:

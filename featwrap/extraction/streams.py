@@ -7,7 +7,8 @@ of the stream; for a map-style Dataset, ``shard_size`` consecutive indices. Each
 
 :class:`ShardBatches` is what a DataLoader's workers iterate: each worker takes whole shards
 (tar shards are split between workers and ``torchrun`` ranks; a single stream is read by one
-worker, every rank reading it and computing its own shards), batches them inside each shard (so
+worker, every rank reading it and computing its own shards, unless it splits itself between the
+ranks: ``rank_split.py``), batches them inside each shard (so
 that the batches, hence the values, never depend on the number of workers or processes) and
 yields tagged items:
 
@@ -17,7 +18,8 @@ yields tagged items:
 - ``("seen", shard, keys, identity)``: a shard of a single stream that is not computed here, read
   through (a committed one is checked against what was recorded: its keys and a digest of its
   samples' content, the ``identity`` of a single stream's shard);
-- ``("stop", shards)``: the stream ended after ``shards`` shards.
+- ``("stop", shards)``: the stream ended after ``shards`` shards (of this rank's part, when the
+  stream splits itself).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from featwrap.extraction.errors import DataError
 from featwrap.extraction.identity import _hash_into as hash_into
 from featwrap.extraction.inputs import is_keyword_batch, pad_collate
+from featwrap.extraction.rank_split import rank_part, split_protocol
 from featwrap.extraction.tars import decode_sample, is_tar_spec, read_tar, tar_paths
 
-__all__ = ["ShardBatches", "Stream", "open_stream"]
+__all__ = ["ShardBatches", "Stream", "at_samples", "open_stream"]
 
 Transform = Callable[[Any], Any]
 Collate = Callable[[list[Any]], Any]
@@ -58,6 +61,8 @@ class Stream:
     total: int | None = None  # samples, when known
     batch_size: int | None = None
     loader_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: how an IterableDataset splits itself between ranks (``rank_split.py``), if it can
+    split: str | None = None
 
     @property
     def n_shards(self) -> int | None:
@@ -122,6 +127,7 @@ def open_stream(
         total = _length(dataset)
         shown = f"{total} samples" if total is not None else "a stream"
         stream = Stream("iterable", f"{name} ({shown})", shard_size, dataset=dataset, total=total)
+        stream.split = split_protocol(dataset)
     elif _has_dict_samples(dataset, user_collate):
         n = len(dataset)
         stream = Stream("dicts", f"{name} ({n} samples)", shard_size, dataset=dataset, total=n)
@@ -181,10 +187,16 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
     ) -> None:
         self.stream, self.batch_size = stream, batch_size
         self.done, self.rank, self.world = done, rank, world
+        #: each rank reads only its part of the stream (block ``j`` is shard ``j * world + rank``)
+        self.split = stream.split is not None and world > 1
+
+    def of_rank(self, shard: int) -> bool:
+        """Whether ``shard`` is this rank's (``k % world``)."""
+        return shard % self.world == self.rank
 
     def computed(self, shard: int) -> bool:
         """Whether this process computes ``shard``: one of its rank's, not committed before."""
-        return shard % self.world == self.rank and shard not in self.done
+        return self.of_rank(shard) and shard not in self.done
 
     @property
     def todo(self) -> list[int]:
@@ -242,17 +254,26 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
     def _batch(
         self, shard: int, keys: list[str], good: list[Any], failed: list[tuple[str, str]]
     ) -> tuple[Any, ...]:
-        batch = self.stream.collate_fn(good) if good else None
+        try:
+            batch = self.stream.collate_fn(good) if good else None
+        except DataError as error:  # samples that cannot be batched together
+            raise at_samples(error, keys, self.stream.shard_name(shard)) from error
         return ("batch", shard, keys, batch, failed)
 
     def _single_stream(self) -> Iterator[tuple[Any, ...]]:
-        """Read the whole stream; batch the shards this rank computes, pass over the others."""
+        """Read the whole stream (or this rank's part); batch the shards this rank computes,
+        pass over the others."""
         size = self.stream.shard_size
-        shard, keys, content = 0, [], hashlib.sha256()
+        block, keys, content = 0, [], hashlib.sha256()
         chunk: list[tuple[str, Any, str | None]] = []
-        for position, sample in enumerate(self.stream.dataset):
+        dataset = self.stream.dataset
+        if self.split:
+            dataset = rank_part(dataset, self.rank, self.world)
+        shard = self._block_shard(0)
+        for position, sample in enumerate(_read(dataset, self.stream.description)):
             key = sample.get("__key__") if isinstance(sample, Mapping) else None
-            key = str(key) if key is not None else str(position)
+            where = f"{self.rank}:{position}" if self.split else str(position)
+            key = str(key) if key is not None else where
             if isinstance(sample, Mapping) and "__key__" in sample:
                 sample = {k: v for k, v in sample.items() if k != "__key__"}
             content.update(key.encode() + b"\0")
@@ -262,11 +283,16 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
                 chunk.append((key, sample, None))
             if len(keys) == size:
                 yield from self._close_chunk(shard, chunk, keys, content.hexdigest())
-                shard, keys, content, chunk = shard + 1, [], hashlib.sha256(), []
+                block, keys, content, chunk = block + 1, [], hashlib.sha256(), []
+                shard = self._block_shard(block)
         if keys:
             yield from self._close_chunk(shard, chunk, keys, content.hexdigest())
-            shard += 1
-        yield ("stop", shard)
+            block += 1
+        yield ("stop", block)
+
+    def _block_shard(self, block: int) -> int:
+        """The shard of the stream's ``block``-th ``shard_size`` samples read here."""
+        return block * self.world + self.rank if self.split else block
 
     def _close_chunk(
         self, shard: int, chunk: list[tuple[str, Any, str | None]], keys: list[str], content: str
@@ -277,6 +303,30 @@ class ShardBatches(IterableDataset[tuple[Any, ...]]):
             yield ("end", shard, identity)
         else:
             yield ("seen", shard, keys, identity)
+
+
+def at_samples(error: DataError, keys: list[str], shard: str) -> DataError:
+    """``error``, naming the samples it is about and saying that what was written is kept."""
+    shown = ", ".join(repr(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return DataError(f"{error} (samples {shown} of {shard}; the shards already written are kept)")
+
+
+def _read(dataset: Any, description: str) -> Iterator[Any]:
+    """The samples of ``dataset``; an error it raises becomes a :class:`DataError` saying how
+    far it got."""
+    iterator, count = iter(dataset), 0
+    while True:
+        try:
+            sample = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:
+            raise DataError(
+                f"{description} failed after {count} samples ({type(error).__name__}: {error}). "
+                "The shards already written are kept: fix the stream and run again to resume."
+            ) from error
+        count += 1
+        yield sample
 
 
 def _guarded(key: str, read: Callable[..., Any], *args: Any) -> tuple[str, Any, str | None]:

@@ -7,6 +7,8 @@ by a brace pattern (``shards/train-{000..099}.tar``), a list of paths or one pat
 over :mod:`tarfile` is enough for local files: it reads each shard sequentially (``r|*``, gzip
 too) and checks that an uncompressed shard ends with tar's end-of-archive blocks, so a shard cut
 short at a member boundary (which ``tarfile`` reads as a normal end) is reported as truncated.
+:func:`count_samples` counts a shard's samples from its headers alone, seeking over the members'
+data (for the progress bar's total).
 
 >>> expand_braces("shards/s-{00..02}.tar")
 ['shards/s-00.tar', 'shards/s-01.tar', 'shards/s-02.tar']
@@ -31,6 +33,7 @@ from featwrap.extraction.errors import DataError
 
 __all__ = [
     "TAR_ENDINGS",
+    "count_samples",
     "decode_sample",
     "expand_braces",
     "is_tar_spec",
@@ -122,6 +125,102 @@ def read_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
             f"{error}; {count} samples read before). Replace or remove the shard, or pass "
             "on_error='skip' to leave it out; the shards already written are kept."
         ) from error
+
+
+def count_samples(path: Path, stop: Callable[[], bool] = lambda: False) -> int | None:
+    """The number of samples of an uncompressed tar shard, read from its 512-byte headers only
+    (GNU long names and pax paths included), as :func:`read_tar` groups them; ``None`` for a
+    compressed shard (its headers cannot be reached without decompressing it all), one that is
+    not a tar file or is cut short, or when ``stop()`` turns true (checked every 1024 members)."""
+    if not str(path).lower().endswith(".tar"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    try:
+        return _count_headers(fd, os.fstat(fd).st_size, stop)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _count_headers(fd: int, end: int, stop: Callable[[], bool]) -> int | None:
+    count, last, offset, members = 0, None, 0, 0
+    long_name: str | None = None
+    while offset + 512 <= end:
+        block = _read_at(fd, 512, offset)
+        if not block.strip(b"\0"):
+            return count  # the end-of-archive blocks
+        if not _checksum_ok(block):
+            return None
+        size, kind = _octal(block[124:136]), block[156:157]
+        data, offset = offset + 512, offset + 512 + -(-size // 512) * 512
+        members += 1
+        if members % 1024 == 0 and stop():
+            return None
+        if kind == b"L":  # the next member's name: a GNU long name
+            long_name = _read_at(fd, size, data).split(b"\0")[0].decode("utf-8", "surrogateescape")
+            continue
+        if kind == b"x":  # or in a pax header
+            long_name = _pax_path(_read_at(fd, size, data)) or long_name
+            continue
+        if kind == b"g":
+            continue
+        name = long_name or _header_name(block)
+        long_name = None
+        if kind not in (b"0", b"\0", b"7", b"S"):  # directories, links: not samples
+            continue
+        folder, base = posixpath.split(name)
+        if base.startswith("."):
+            continue
+        key = posixpath.join(folder, base.partition(".")[0])
+        if key != last:
+            count, last = count + 1, key
+    return None  # no end-of-archive blocks: cut short (the run reports it)
+
+
+def _read_at(fd: int, n: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored = _octal(block[148:156])
+    return stored == sum(block[:148]) + 256 + sum(block[156:])
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0")[0].strip()
+    return int(digits, 8) if digits else 0
+
+
+def _header_name(block: bytes) -> str:
+    name = block[:100].split(b"\0")[0].decode("utf-8", "surrogateescape")
+    if block[257:262] == b"ustar" and block[345]:
+        prefix = block[345:500].split(b"\0")[0].decode("utf-8", "surrogateescape")
+        name = f"{prefix}/{name}"
+    return name
+
+
+def _pax_path(raw: bytes) -> str | None:
+    """The ``path`` record of a pax header (records ``b"LEN key=value\\n"``, LEN in bytes)."""
+    position = 0
+    while position < len(raw):
+        space = raw.index(b" ", position)
+        length = int(raw[position:space])
+        if length <= 0:
+            return None
+        key, _, value = raw[space + 1 : position + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+        position += length
+    return None
 
 
 class _Truncated(Exception):
