@@ -48,6 +48,14 @@ class ModelRecord:
     weights: str
     pretrained: bool | None
     preset: Any = None
+    sha256: str | None = None
+
+    def digest(self) -> str:
+        """The weights' sha256, computed once: before a run puts them in channels_last (hashing
+        them in that format first copies every 4-D one back to the contiguous layout)."""
+        if self.sha256 is None:
+            self.sha256 = parameters_digest(self.module)
+        return self.sha256
 
 
 @contextmanager
@@ -93,7 +101,7 @@ def model_spec(
     return {
         "model": model.name,
         "weights": model.weights,
-        "parameters_sha256": parameters_digest(model.module),
+        "parameters_sha256": model.digest(),
         "layers": dict(paths),
         "pool": {k: pool_name(p) for k, p in pools.items()},
         "dtype": None if dtype is None else dtype_name(dtype),

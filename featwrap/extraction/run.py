@@ -24,7 +24,6 @@ from featwrap.extraction.data import (
     first_readable,
     make_loader,
     model_input,
-    read_batch,
     resolve_source,
     stable_repr,
 )
@@ -166,6 +165,8 @@ def extract(
                 return stream_job.in_memory()
             return stream_job.to_directory(Path(out), overwrite, module)
     source = resolve_source(data, images)
+    if out is not None:
+        resolved.digest()  # for the run's spec, while the weights are as they were given
     job = _Job(
         resolved, source, fast, paths, pools, store_dtype, run_device,
         batch_size or source.batch_size or 32, num_workers, on_error, shard_size, progress,
@@ -215,6 +216,8 @@ class _Job:
     speed: Speed = field(default_factory=Speed)
     #: batches already computed (by the probe), by their indices
     ready: dict[tuple[int, ...], _Computed] = field(default_factory=dict)
+    #: the DataLoader the probe started, reading ahead while the first batch's forward runs
+    started: _Started | None = None
 
     @property
     def n(self) -> int:
@@ -247,13 +250,13 @@ class _Job:
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
         spec = self._spec()
-        opened = ranks.first(lambda: self._open(output, spec, overwrite))
+        n_shards = -(-self.n // self.shard_size)
+        opened = ranks.first(lambda: self._open(output, spec, overwrite, ranks.shards(n_shards)))
         (state, plan, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
         ranks.agree(spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
             return load_features(output.root)
         self.batch_size = batch_size  # the run's own: rows as in one uninterrupted run
-        n_shards = -(-self.n // self.shard_size)
         done = output.done_shards()
         mine = ranks.shards(n_shards)
         steps = plan_batches(self.n, self.shard_size, self.batch_size, mine)
@@ -272,10 +275,11 @@ class _Job:
         return load_features(output.root)
 
     def _open(
-        self, output: Output, spec: dict[str, Any], overwrite: bool
+        self, output: Output, spec: dict[str, Any], overwrite: bool, shards: list[int]
     ) -> tuple[str, FilePlan, int, str]:
-        """Rank 0: check the directory against ``spec`` and the data; start or resume the run
-        in it. Returns the state, the file plan, the batch size and the data's digest."""
+        """Rank 0 (which computes ``shards``): check the directory against ``spec`` and the data;
+        start or resume the run in it. Returns the state, the file plan, the batch size and the
+        data's digest."""
         state = output.start(spec, overwrite, self.source.ids)
         if state != "new":
             try:
@@ -284,7 +288,7 @@ class _Job:
                 if not overwrite:
                     raise
                 output.remove_run()
-        plan = self._probe_plan()
+        plan = self._probe_plan(shards)
         record, digest = run_record(self.source, self.batch_size)
         output.create(spec, plan, record)
         return "new", plan, self.batch_size, digest
@@ -300,17 +304,34 @@ class _Job:
         output.resume(plan)
         return state, plan, batch_size, digest
 
-    def _probe_plan(self) -> FilePlan:
+    def _probe_plan(self, shards: list[int]) -> FilePlan:
         """Feature shapes and dtypes, from the first batch (kept: the loop does not compute it
-        again), or from the first readable sample if that whole batch is unreadable."""
-        step = plan_batches(self.n, self.shard_size, self.batch_size, [0])[0]
-        indices, batch, failed = read_batch(self.source, step.indices)
+        again), or from the first readable sample if that whole batch is unreadable.
+
+        The first batch comes from the run's own DataLoader (kept for the loop), whose workers
+        read the next batches while its forward runs."""
+        steps = plan_batches(self.n, self.shard_size, self.batch_size, shards)
+        loader = make_loader(
+            self.source, [s.indices for s in steps], self.num_workers, self.speed.pins(self.device)
+        )
+        batches = iter(loader)
+        try:
+            indices, batch, failed = next(batches)
+        except (RuntimeError, ConnectionError, EOFError) as error:
+            if not _worker_death(error, loader.num_workers):
+                raise
+            raise self._worker_died(_ahead(loader, steps), error) from error
+        self.started = _Started([s.indices for s in steps[1:]], loader, batches)
         if failed and self.on_error == "fail":
             raise self._unreadable(*failed[0])
-        if batch is not None:
-            rows = self._rows(batch, indices)
-            self.ready[tuple(step.indices)] = (indices, rows, failed)
-        else:
+        try:
+            rows = None if batch is None else self._rows(batch, indices)
+        except RuntimeError as error:  # PyTorch's SIGCHLD handler raises where it lands
+            if not _worker_death(error, loader.num_workers):
+                raise
+            raise self._worker_died(_ahead(loader, steps[1:]), error) from error
+        self.ready[tuple(steps[0].indices)] = (indices, rows, failed)
+        if rows is None:
             _, batch = first_readable(self.source, True, self._unreadable)
             rows = self._rows(batch, [0])
         shapes = {k: (tuple(v.shape[1:]), v.dtype) for k, v in rows.items()}
@@ -328,12 +349,15 @@ class _Job:
         """Compute and write every step's rows, committing each shard after its last batch."""
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-        loader = make_loader(
-            self.source,
-            [s.indices for s in steps if tuple(s.indices) not in self.ready],
-            self.num_workers,
-            pin_memory=self.speed.pins(self.device),
-        )
+        wanted = [s.indices for s in steps if tuple(s.indices) not in self.ready]
+        started, self.started = self.started, None
+        if started is not None and started.batches == wanted:
+            loader, batches = started.loader, started.batches_left
+        else:
+            loader = make_loader(
+                self.source, wanted, self.num_workers, self.speed.pins(self.device)
+            )
+            batches = iter(loader)
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         total = done_rows + sum(len(s.indices) for s in steps)
         sink = open_sink()
@@ -347,7 +371,7 @@ class _Job:
         )
         failure: BaseException | None = None
         try:
-            self._loop(steps, loader, sink, bar)
+            self._loop(steps, loader, batches, sink, bar)
         except BaseException as e:
             failure = e
             raise
@@ -360,10 +384,9 @@ class _Job:
                     raise
         return sink
 
-    def _loop(self, steps: list[Step], loader: Any, sink: Sink, bar: Any) -> None:
+    def _loop(self, steps: list[Step], loader: Any, batches: Any, sink: Sink, bar: Any) -> None:
         skipped: list[dict[str, Any]] = []
         shapes: dict[str, tuple[int, ...]] | None = None
-        batches = iter(loader)
         loaded = [s for s in steps if tuple(s.indices) not in self.ready]  # the loader's batches
         read = 0
         for step in steps:
@@ -376,16 +399,14 @@ class _Job:
                 except (RuntimeError, ConnectionError, EOFError) as error:
                     if not _worker_death(error, loader.num_workers):
                         raise
-                    ahead = max(1, loader.num_workers * (loader.prefetch_factor or 2))
-                    raise self._worker_died(loaded[read : read + ahead], error) from error
+                    raise self._worker_died(_ahead(loader, loaded[read:]), error) from error
                 read += 1
                 try:
                     rows = None if batch is None else self._rows(batch, indices)
                 except RuntimeError as error:  # PyTorch's SIGCHLD handler raises where it lands
                     if not _worker_death(error, loader.num_workers):
                         raise
-                    ahead = max(1, loader.num_workers * (loader.prefetch_factor or 2))
-                    raise self._worker_died(loaded[read : read + ahead], error) from error
+                    raise self._worker_died(_ahead(loader, loaded[read:]), error) from error
             for index, problem in failed:
                 if self.on_error == "fail":
                     raise self._unreadable(index, problem)
@@ -440,6 +461,20 @@ class _Job:
         if spec is not None:
             manifest["run"] = spec
         return manifest
+
+
+@dataclass
+class _Started:
+    """A DataLoader the probe started: the batches it yields after the first, its iterator."""
+
+    batches: list[list[int]]
+    loader: Any
+    batches_left: Any
+
+
+def _ahead(loader: Any, steps: list[Step]) -> list[Step]:
+    """The steps whose batches may be in flight in ``loader``'s workers (the next few)."""
+    return steps[: max(1, loader.num_workers * (loader.prefetch_factor or 2))]
 
 
 def _stream_job(

@@ -30,14 +30,25 @@ class Sink(Protocol):
 
 
 class MemorySink:
-    """Rows gathered into ``(n, *shape)`` tensors, allocated at the first batch."""
+    """Rows gathered into ``(n, *shape)`` tensors, allocated at the first batch.
+
+    A batch's rows are put in place when the next batch arrives (or at :meth:`close`): from a
+    GPU, their device-to-host copies finish while the next forward runs, and waiting for them
+    never stalls the queue of work on the device.
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.tensors: dict[str, torch.Tensor] = {}
         self.skipped: list[dict[str, Any]] = []
+        self._pending: tuple[list[int], dict[str, torch.Tensor]] | None = None
 
     def write(self, indices: list[int], rows: dict[str, torch.Tensor]) -> None:
+        pending, self._pending = self._pending, (indices, rows)
+        if pending is not None:
+            self._store(*pending)
+
+    def _store(self, indices: list[int], rows: dict[str, torch.Tensor]) -> None:
         getattr(rows, "wait", _nothing)()  # device-to-host copies in flight
         if not self.tensors:
             self.tensors = {
@@ -53,9 +64,12 @@ class MemorySink:
         self.skipped += skipped
 
     def close(self) -> None:
-        pass
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._store(*pending)
 
     def result(self) -> dict[str, torch.Tensor]:
+        self.close()
         if not self.skipped:
             return self.tensors
         gone = {int(s["index"]) for s in self.skipped}
