@@ -23,7 +23,10 @@ Design, in short:
   write to the twin, so the module's own tensor stays untouched *and* on the path to the output:
   ``torch.autograd.grad(out["logits"], out["bn1"])`` is the gradient a model without in-place ops
   gives. The twin copies memory only where an in-place op writes to it. Under a reentrant
-  ``torch.utils.checkpoint`` a value has no graph: featwrap warns once per layer.
+  ``torch.utils.checkpoint`` a value has no graph: featwrap warns once per layer. Under
+  ``torch.compile`` no twin can help: an output of a compiled graph is never on the path to its
+  other outputs, so a traced forward warns once per layer (at trace time, outside the graph)
+  that it gives no gradient *at* a feature (through one, a loss trains as in eager).
 * Edits (``FeatureModel.edit``, in :mod:`featwrap.edit`) sit in the thread-local beside the
   session; a session with edits takes the general path, which applies them before recording.
 """
@@ -40,7 +43,12 @@ import torch
 
 from featwrap import _tree
 from featwrap._options import Missing, Repeats
-from featwrap.errors import CheckpointWarning, MissingFeatureError, RepeatedCallError
+from featwrap.errors import (
+    CheckpointWarning,
+    GradientWarning,
+    MissingFeatureError,
+    RepeatedCallError,
+)
 
 Tensor = torch.Tensor
 _lazy_clone = torch._lazy_clone
@@ -93,8 +101,9 @@ class Recorder:
         self.wait_for_parent = tuple(wait_for_parent)
         # keys whose output a later in-place op modified in the last forward (for summaries)
         self.last_modified: frozenset[int] = frozenset()
-        # keys already warned about (no graph under a reentrant checkpoint): warn once per key
-        self.warned: set[str] = set()
+        # keys already warned about (no graph under a reentrant checkpoint; ("compile", key): no
+        # gradient at it in a compiled forward): warn once per key
+        self.warned: set[Any] = set()
         # `with fm.edit(...)` blocks open in any thread: a guard for compiled forwards
         self.open_edits = 0
         self.traced: Session | None = None
@@ -460,6 +469,8 @@ class Session:
         if output_key is not None:
             features[output_key] = output
         values = self._final_values()
+        if self.traced and self.grad:
+            _warn_compiled_gradients(rec, _keys_with_graph(rec.keys, self.counts, values))
         if 0 not in self.counts:  # every layer fired: the common case, at C speed
             features.update(zip(rec.keys, values, strict=True))
             return features
@@ -479,6 +490,47 @@ class Session:
                 "missing='none' to get None."
             )
         return features
+
+
+def _keys_with_graph(
+    keys: tuple[str, ...], counts: list[int], values: list[Any]
+) -> tuple[str, ...]:
+    """The keys whose traced value has an autograd graph (traced by torch.compile)."""
+    return tuple(
+        key
+        for key, count, value in zip(keys, counts, values, strict=True)
+        if count and any(t.requires_grad for t in _tree.tensors(value))
+    )
+
+
+@torch._dynamo.assume_constant_result  # type: ignore[untyped-decorator]
+def _warn_compiled_gradients(recorder: Recorder, keys: tuple[str, ...]) -> bool:
+    """Warn, once per layer, that a compiled forward gives no gradient *at* its captured values.
+
+    Runs while torch.compile traces (``assume_constant_result``: called once, at trace time, and
+    never part of the graph): an output of a compiled graph is not a node on the path to its
+    other outputs, so ``torch.autograd.grad(out["logits"], out[key])`` cannot be answered.
+    """
+    new = [key for key in keys if ("compile", key) not in recorder.warned]
+    if not new:
+        return False
+    recorder.warned.update(("compile", key) for key in new)
+    names = ", ".join(map(repr, new))
+    one = new[0]
+    warnings.warn(
+        f"featwrap: under torch.compile, layer{'s' if len(new) > 1 else ''} {names} "
+        f"{'are' if len(new) > 1 else 'is an'} output{'s' if len(new) > 1 else ''} of the "
+        "compiled graph, not on its path to the model's output: a loss on a feature trains "
+        f"the model exactly as in eager, but torch.autograd.grad(output, out[{one!r}]) and "
+        f"out[{one!r}].retain_grad() get no gradient at it (a compiled graph exposes none at "
+        "its own intermediate values). For gradients at a layer, run that forward eagerly: "
+        "call the FeatureModel itself, or the compiled one inside "
+        "`with torch.compiler.set_stance('force_eager'):`. With detach=True (no gradient "
+        "through the features) there is nothing to warn about.",
+        GradientWarning,
+        stacklevel=2,
+    )
+    return True
 
 
 def _in_reentrant_checkpoint() -> bool:
