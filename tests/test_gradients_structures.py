@@ -158,9 +158,7 @@ def test_structured_outputs_and_selected_inputs(repeats: str) -> None:
         got = leaves(out)
         for name in names:
             torch.testing.assert_close(got[name], parts[name], rtol=0, atol=0, msg=name)
-        grads = torch.autograd.grad(
-            out["logits"][0, 1], [got[n] for n in names], allow_unused=True
-        )
+        grads = torch.autograd.grad(out["logits"][0, 1], [got[n] for n in names], allow_unused=True)
         for name, g, e in zip(names, grads, expected, strict=True):
             if e is None:
                 assert g is None or not g.any(), name
