@@ -170,7 +170,13 @@ class Recorder:
                 else:
                     session.own[i] = output
             if session.grad and output.requires_grad and not self.detach:  # go on with a twin
-                if aliases(output, args):  # a twin would hide later writes from the input
+                # no twin for the module's input itself or a view of it: a twin would hide
+                # later writes from whoever holds the input (aliases(), inlined: a tensor)
+                if output._base is None:
+                    for a in args:
+                        if a is output:
+                            return session.adopt(indices, output)
+                elif aliases(output, args):
                     return session.adopt(indices, output)
                 return session.hand(indices, output)
             return None
@@ -250,7 +256,6 @@ class Session:
         "inference",
         "own",
         "owned",
-        "owners",
         "recorder",
         "remaining",
         "traced",
@@ -285,8 +290,6 @@ class Session:
         # edited value), with its version: returned if own[i] was written through an alias
         self.handed: list[Tensor | None] = [None] * n
         self.handed_versions = [0] * n
-        # id(twin) -> (own tensor, its version, twin, its version) of every twin handed out
-        self.owners: dict[int, tuple[Tensor, int, Tensor, int]] | None = None
         # repeats="all": (key index, tensor, version) of bare tensors, for last_modified only
         self.watched: list[tuple[int, Tensor, int]] = []
         # repeats="all" with grad: (key index, call, own tensor, version) of bare tensors
@@ -330,9 +333,6 @@ class Session:
         for i in indices:
             self.handed[i] = twin
             self.handed_versions[i] = version
-        if self.owners is None:
-            self.owners = {}
-        self.owners[id(twin)] = (output, output._version, twin, version)
         return twin
 
     def adopt(self, indices: tuple[int, ...], output: Tensor) -> None:
@@ -340,12 +340,18 @@ class Session:
         it gets no twin (the caller holds it: a twin would hide later writes from it). If it is
         a twin featwrap handed out, unwritten since, its owner is the same value and on the path
         to the output: the key's value is the owner, as for the layer that produced it."""
-        entry = self.owners.get(id(output)) if self.owners is not None else None
-        if entry is None:
+        for j, twin in enumerate(self.handed):
+            if twin is output:
+                owner, owner_version, twin_version = (
+                    self.own[j],
+                    self.versions[j],
+                    self.handed_versions[j],
+                )
+                break
+        else:
             return
-        owner, owner_version, twin, twin_version = entry
-        if twin is not output or twin._version != twin_version or owner._version != owner_version:
-            return
+        if owner is None or twin._version != twin_version or owner._version != owner_version:
+            return  # written since: the value is no longer the owner's
         for i in indices:
             self.own[i] = owner
             self.versions[i] = owner_version
@@ -438,6 +444,25 @@ class Session:
             if rec.stop_early and not count and not rec.wait_for_parent[i]:
                 self._mark_done(i)
         return twin
+
+    def record_fresh(self, indices: tuple[int, ...], value: Tensor) -> Tensor:
+        """Record an edit's result, a tensor nothing else in the model can reach: it is the value
+        as is (no snapshot: only its twin, which the model continues with, can be written to)."""
+        rec = self.recorder
+        if rec.repeats is not Repeats.LAST or rec.stop_early:
+            twin = self.record(indices, value, fresh=True)
+            if isinstance(twin, Tensor):
+                return twin
+        else:  # record(), for the common case
+            kept = value.detach() if rec.detach else value
+            for i in indices:
+                self.counts[i] += 1
+                self.values[i] = kept
+                self.own[i] = None
+        try:
+            return _lazy_clone(value)
+        except (NotImplementedError, RuntimeError):  # no copy-on-write for this layout
+            return value.clone()
 
     def _share(self, i: int, twin: Tensor) -> Tensor:
         self.handed[i] = twin

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from featwrap import _tree
-from featwrap._twins import Twins, aliases
+from featwrap._twins import Twins
 from featwrap.errors import EditError, FeatwrapTypeError, FeatwrapValueError
 
 if TYPE_CHECKING:
@@ -102,9 +102,12 @@ class EditState:
         if edited is output:
             twin = session.record(indices, output, args)
             return twin.handed(output) if isinstance(twin, Twins) else twin
-        if type(edited) is Tensor and not aliases(edited, (output, *args)):
-            # a new tensor (or the user's): returned as is, the model goes on with its twin
-            return _twin(session.record(indices, edited, args, fresh=True), edited)
+        if type(edited) is Tensor and edited._base is None:
+            for a in args:
+                if a is edited:
+                    break
+            else:  # a new tensor (or the user's): returned as is, the model goes on with a twin
+                return session.record_fresh(indices, edited)
         twin = session.record(indices, edited, args)
         if isinstance(twin, Twins):
             return twin.handed(edited)
