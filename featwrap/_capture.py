@@ -23,7 +23,10 @@ Design, in short:
   write to the twin, so the module's own tensor stays untouched *and* on the path to the output:
   ``torch.autograd.grad(out["logits"], out["bn1"])`` is the gradient a model without in-place ops
   gives. The twin copies memory only where an in-place op writes to it. Under a reentrant
-  ``torch.utils.checkpoint`` a value has no graph: featwrap warns once per layer.
+  ``torch.utils.checkpoint`` a value has no graph: featwrap warns once per layer. Under
+  ``torch.compile`` no twin can help: an output of a compiled graph is never on the path to its
+  other outputs, so a traced forward warns once per layer (at trace time, outside the graph)
+  that it gives no gradient *at* a feature (through one, a loss trains as in eager).
 * Edits (``FeatureModel.edit``, in :mod:`featwrap.edit`) sit in the thread-local beside the
   session; a session with edits takes the general path, which applies them before recording.
 """
@@ -40,7 +43,13 @@ import torch
 
 from featwrap import _tree
 from featwrap._options import Missing, Repeats
-from featwrap.errors import CheckpointWarning, MissingFeatureError, RepeatedCallError
+from featwrap._twins import Twins, aliases
+from featwrap.errors import (
+    CheckpointWarning,
+    GradientWarning,
+    MissingFeatureError,
+    RepeatedCallError,
+)
 
 Tensor = torch.Tensor
 _lazy_clone = torch._lazy_clone
@@ -93,8 +102,9 @@ class Recorder:
         self.wait_for_parent = tuple(wait_for_parent)
         # keys whose output a later in-place op modified in the last forward (for summaries)
         self.last_modified: frozenset[int] = frozenset()
-        # keys already warned about (no graph under a reentrant checkpoint): warn once per key
-        self.warned: set[str] = set()
+        # keys already warned about (no graph under a reentrant checkpoint; ("compile", key): no
+        # gradient at it in a compiled forward): warn once per key
+        self.warned: set[Any] = set()
         # `with fm.edit(...)` blocks open in any thread: a guard for compiled forwards
         self.open_edits = 0
         self.traced: Session | None = None
@@ -160,11 +170,20 @@ class Recorder:
                 else:
                     session.own[i] = output
             if session.grad and output.requires_grad and not self.detach:  # go on with a twin
+                # no twin for the module's input itself or a view of it: a twin would hide
+                # later writes from whoever holds the input (aliases(), inlined: a tensor)
+                if output._base is None:
+                    for a in args:
+                        if a is output:
+                            return session.adopt(indices, output)
+                elif aliases(output, args):
+                    return session.adopt(indices, output)
                 return session.hand(indices, output)
             return None
         if session.edits is not None:
-            return session.edits.on_output(session, indices, output)
-        return session.record(indices, output)
+            return session.edits.on_output(session, indices, output, args)
+        twin = session.record(indices, output, args)
+        return twin.handed(output) if type(twin) is Twins else twin
 
     def on_selected_output(
         self, indices: tuple[int, ...], module: Any, args: Any, output: Any
@@ -174,13 +193,14 @@ class Recorder:
         if session is None:
             return None
         if session.edits is not None:
-            return session.edits.on_selected_output(session, indices, output)
+            return session.edits.on_selected_output(session, indices, output, args)
         new_output = output
         for i in indices:
             select, key = self.selectors[i], self.keys[i]
-            twin = session.record((i,), _tree.select_output(new_output, select, key))
-            if twin is not None and not callable(select):  # grad: the model goes on with a twin
-                new_output = _tree.replace_output(new_output, select, twin, key)
+            part = _tree.select_output(new_output, select, key)
+            twins = session.record((i,), part, args, new_output)
+            if twins is not None:  # grad: the model goes on with twins of the part's tensors
+                new_output = twins.handed(new_output)
         return None if new_output is output else new_output
 
     def on_input(
@@ -196,11 +216,10 @@ class Recorder:
             return session.edits.on_input(session, indices, args, kwargs)
         replaced = None
         for i in indices:
-            select = self.selectors[i]
-            twin = session.record((i,), _tree.select_input(args, kwargs, select, self.keys[i]))
-            if twin is not None and not callable(select):
-                replaced = _tree.replace_input(args, kwargs, select, twin)
-                args, kwargs = replaced
+            arg = _tree.select_input(args, kwargs, self.selectors[i], self.keys[i])
+            twins = session.record((i,), arg, (), (args, kwargs))
+            if twins is not None:  # grad: the module runs on twins of the argument's tensors
+                replaced = args, kwargs = twins.handed((args, kwargs))
         return replaced
 
     def on_parent_output(
@@ -240,6 +259,7 @@ class Session:
         "recorder",
         "remaining",
         "traced",
+        "twinned",
         "values",
         "versions",
         "watched",
@@ -273,7 +293,10 @@ class Session:
         # repeats="all": (key index, tensor, version) of bare tensors, for last_modified only
         self.watched: list[tuple[int, Tensor, int]] = []
         # repeats="all" with grad: (key index, call, own tensor, version) of bare tensors
-        self.owned: list[tuple[int, int, Tensor, int]] = []
+        # (twinned: whether the model went on with a twin; not where the tensor aliases an input)
+        self.owned: list[tuple[int, int, Tensor, int, bool]] = []
+        # whether a value is a Twins (a structure, a part or an input, recorded with grad)
+        self.twinned = False
         self.counts = [0] * n
         self.done = [False] * n
         self.remaining = n
@@ -312,6 +335,29 @@ class Session:
             self.handed_versions[i] = version
         return twin
 
+    def adopt(self, indices: tuple[int, ...], output: Tensor) -> None:
+        """``output`` is the module's input itself (``nn.Identity``, an in-place activation), so
+        it gets no twin (the caller holds it: a twin would hide later writes from it). If it is
+        a twin featwrap handed out, unwritten since, its owner is the same value and on the path
+        to the output: the key's value is the owner, as for the layer that produced it."""
+        for j, twin in enumerate(self.handed):
+            if twin is output:
+                owner, owner_version, twin_version = (
+                    self.own[j],
+                    self.versions[j],
+                    self.handed_versions[j],
+                )
+                break
+        else:
+            return
+        if owner is None or twin._version != twin_version or owner._version != owner_version:
+            return  # written since: the value is no longer the owner's
+        for i in indices:
+            self.own[i] = owner
+            self.versions[i] = owner_version
+            self.handed[i] = twin
+            self.handed_versions[i] = twin_version
+
     def no_graph(self, i: int) -> None:
         """A value captured with grad off inside a forward with grad on: its snapshot has no
         graph. Under a reentrant checkpoint, say so once per key (a loss on it would be lost)."""
@@ -330,9 +376,20 @@ class Session:
             stacklevel=2,
         )
 
-    def record(self, indices: tuple[int, ...], output: Any) -> Tensor | None:
-        """Record ``output`` under ``indices``; returns the twin the model should continue with
-        (a bare tensor, grad enabled), else None."""
+    def record(
+        self,
+        indices: tuple[int, ...],
+        output: Any,
+        inputs: Any = (),
+        holder: Any = None,
+        fresh: bool = False,
+    ) -> Any:
+        """Record ``output`` under ``indices``; returns what the model should continue with, with
+        grad enabled: a twin (``output`` a module's bare output tensor), a :class:`Twins` whose
+        ``handed(holder)`` it is (a structure, or a part of ``holder``: the module's output or
+        ``(args, kwargs)``), else None. ``inputs``: the module's arguments (twins never alias
+        them). ``fresh``: ``output`` is a tensor that nothing else in the model can reach (an
+        edit's result): it is the value as is, and the model always goes on with a twin."""
         if not self.remaining:  # traced with early stop: an eager forward has stopped by now
             return None
         rec = self.recorder
@@ -345,36 +402,67 @@ class Session:
                 self._called_after_final(i)
             if count and self._repeat_ignored(i, count):
                 continue
+            bare = type(output) is Tensor and holder is None
             if self.traced:  # the compiler sees in-place ops as data flow: a clone it can plan
                 value = _tree.clone(output, rec.detach)
+            elif fresh:  # only the twin can be written to: no snapshot needed
+                value = output.detach() if rec.detach else output
+                if twin is None:
+                    twin = _tree.snapshot(output, detach=False)
+            elif not bare and self.grad and not rec.detach:  # twins inside, found by identity
+                if twin is None:
+                    twin = Twins(output, (output if holder is None else holder, inputs))
+                    self.twinned = True
+                value = twin
             elif self.all_calls or type(output) is not Tensor:
                 value = _tree.snapshot(output, rec.detach)
                 if self.all_calls:  # note versions, for last_modified only
                     self.watched += [
                         (i, t, t._version) for t in _tree.tensors(output) if not t.is_inference()
                     ]
-                    if (
-                        self.grad
-                        and type(output) is Tensor
-                        and output.requires_grad
-                        and not rec.detach
-                    ):
+                    if self.grad and bare and output.requires_grad and not rec.detach:
                         # as for one call: the model goes on with a twin, own is returned
-                        self.owned.append((i, len(self.values[i]), output, output._version))
-                        twin = self.hand((i,), output) if twin is None else self._share(i, twin)
-                        self.watched.append((i, twin, twin._version))
+                        alias = aliases(output, inputs)
+                        call = len(self.values[i])
+                        self.owned.append((i, call, output, output._version, not alias))
+                        if not alias:
+                            twin = self.hand((i,), output) if twin is None else self._share(i, twin)
+                            self.watched.append((i, twin, twin._version))
             else:
                 self.keep(i, output)
                 value = _UNSET
                 if self.grad and output.requires_grad and not rec.detach:
-                    twin = self.hand((i,), output) if twin is None else self._share(i, twin)
+                    if aliases(output, inputs):  # no twin (see on_output)
+                        self.adopt((i,), output)
+                    else:
+                        twin = self.hand((i,), output) if twin is None else self._share(i, twin)
             if self.all_calls:
                 self.values[i].append(value)
             elif value is not _UNSET:
                 self.values[i] = value
+                self.own[i] = None  # an earlier call's tensor is no longer the value
             if rec.stop_early and not count and not rec.wait_for_parent[i]:
                 self._mark_done(i)
         return twin
+
+    def record_fresh(self, indices: tuple[int, ...], value: Tensor) -> Tensor:
+        """Record an edit's result, a tensor nothing else in the model can reach: it is the value
+        as is (no snapshot: only its twin, which the model continues with, can be written to)."""
+        rec = self.recorder
+        if rec.repeats is not Repeats.LAST or rec.stop_early:
+            twin = self.record(indices, value, fresh=True)
+            if isinstance(twin, Tensor):
+                return twin
+        else:  # record(), for the common case
+            kept = value.detach() if rec.detach else value
+            for i in indices:
+                self.counts[i] += 1
+                self.values[i] = kept
+                self.own[i] = None
+        try:
+            return _lazy_clone(value)
+        except (NotImplementedError, RuntimeError):  # no copy-on-write for this layout
+            return value.clone()
 
     def _share(self, i: int, twin: Tensor) -> Tensor:
         self.handed[i] = twin
@@ -427,10 +515,19 @@ class Session:
                 i for i, tensor, version in self.watched if tensor._version != version
             )
             self.watched = []
-            for i, call, tensor, version in self.owned:
+            for i, call, tensor, version, twinned in self.owned:
                 if tensor._version == version:
                     self.values[i][call] = tensor
-            return [list(v) for v in self.values]
+                elif not twinned:
+                    self.lost_gradient(i)
+            if not self.twinned:
+                return [list(v) for v in self.values]
+            changed = set(self.recorder.last_modified)
+            resolved = [
+                [self._resolve(i, v, changed) for v in calls] for i, calls in enumerate(self.values)
+            ]
+            self.recorder.last_modified = frozenset(changed)
+            return resolved
         values = self.values
         versions = self.versions
         modified = []
@@ -448,10 +545,53 @@ class Session:
                     modified.append(i)
                 else:  # the snapshot
                     modified.append(i)
+                    if (
+                        twin is None
+                        and self.grad
+                        and own.requires_grad
+                        and not self.recorder.detach
+                    ):
+                        self.lost_gradient(i)  # no twin: it shares memory with an input
+        if self.twinned:
+            found = set(modified)
+            for i, value in enumerate(values):
+                values[i] = self._resolve(i, value, found)
+            modified = list(found)
         self.recorder.last_modified = frozenset(modified)
         if self.recorder.detach and not self.traced:
             return [v.detach() if type(v) is Tensor else v for v in values]
         return values
+
+    def _resolve(self, i: int, value: Any, modified: set[int]) -> Any:
+        """``value`` itself, or for :class:`Twins` the value to return (noting modifications)."""
+        if type(value) is not Twins:
+            return value
+        final, was_modified, lost = value.final()
+        if was_modified:
+            modified.add(i)
+        if lost:
+            self.lost_gradient(i)
+        return final
+
+    def lost_gradient(self, i: int) -> None:
+        """A captured tensor that shares memory with one the model still holds (the module's
+        input, another tensor of its output) got no twin, and a later in-place op modified it:
+        its value is exact (the snapshot), its gradient is not available. Say so once per key."""
+        key = self.recorder.keys[i]
+        if ("alias", key) in self.recorder.warned:
+            return
+        self.recorder.warned.add(("alias", key))
+        warnings.warn(
+            f"featwrap: layer {key!r} shares memory with a tensor the model still holds (the "
+            "module's input, as for nn.Identity, dropout in eval mode, an in-place activation or "
+            "a view; or another tensor of the same output), and a later in-place op modified "
+            "it. Its value is exact, but featwrap cannot give the model a copy-on-write twin "
+            "without changing what the model computes, so torch.autograd.grad or retain_grad "
+            "at it gets no gradient. Capture the module that computes the tensor (the layer "
+            "before), or switch the later in-place op off (inplace=False).",
+            GradientWarning,
+            stacklevel=4,
+        )
 
     def result(self, output: Any, output_key: str | None) -> dict[str, Any]:
         """The dict returned by FeatureModel.forward; checks missing layers."""
@@ -460,6 +600,8 @@ class Session:
         if output_key is not None:
             features[output_key] = output
         values = self._final_values()
+        if self.traced and self.grad:
+            _warn_compiled_gradients(rec, _keys_with_graph(rec.keys, self.counts, values))
         if 0 not in self.counts:  # every layer fired: the common case, at C speed
             features.update(zip(rec.keys, values, strict=True))
             return features
@@ -479,6 +621,47 @@ class Session:
                 "missing='none' to get None."
             )
         return features
+
+
+def _keys_with_graph(
+    keys: tuple[str, ...], counts: list[int], values: list[Any]
+) -> tuple[str, ...]:
+    """The keys whose traced value has an autograd graph (traced by torch.compile)."""
+    return tuple(
+        key
+        for key, count, value in zip(keys, counts, values, strict=True)
+        if count and any(t.requires_grad for t in _tree.tensors(value))
+    )
+
+
+@torch._dynamo.assume_constant_result  # type: ignore[untyped-decorator]
+def _warn_compiled_gradients(recorder: Recorder, keys: tuple[str, ...]) -> bool:
+    """Warn, once per layer, that a compiled forward gives no gradient *at* its captured values.
+
+    Runs while torch.compile traces (``assume_constant_result``: called once, at trace time, and
+    never part of the graph): an output of a compiled graph is not a node on the path to its
+    other outputs, so ``torch.autograd.grad(out["logits"], out[key])`` cannot be answered.
+    """
+    new = [key for key in keys if ("compile", key) not in recorder.warned]
+    if not new:
+        return False
+    recorder.warned.update(("compile", key) for key in new)
+    names = ", ".join(map(repr, new))
+    one = new[0]
+    warnings.warn(
+        f"featwrap: under torch.compile, layer{'s' if len(new) > 1 else ''} {names} "
+        f"{'are' if len(new) > 1 else 'is an'} output{'s' if len(new) > 1 else ''} of the "
+        "compiled graph, not on its path to the model's output: a loss on a feature trains "
+        f"the model exactly as in eager, but torch.autograd.grad(output, out[{one!r}]) and "
+        f"out[{one!r}].retain_grad() get no gradient at it (a compiled graph exposes none at "
+        "its own intermediate values). For gradients at a layer, run that forward eagerly: "
+        "call the FeatureModel itself, or the compiled one inside "
+        "`with torch.compiler.set_stance('force_eager'):`. With detach=True (no gradient "
+        "through the features) there is nothing to warn about.",
+        GradientWarning,
+        stacklevel=2,
+    )
+    return True
 
 
 def _in_reentrant_checkpoint() -> bool:

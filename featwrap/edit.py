@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from featwrap import _tree
+from featwrap._twins import Twins
 from featwrap.errors import EditError, FeatwrapTypeError, FeatwrapValueError
 
 if TYPE_CHECKING:
@@ -92,26 +93,42 @@ class EditState:
         return value
 
     # -- the hooks' general path when edits are open (see featwrap._capture.Recorder) ------------
-    def on_output(self, session: Session, indices: tuple[int, ...], output: Any) -> Any:
+    def on_output(
+        self, session: Session, indices: tuple[int, ...], output: Any, args: tuple[Any, ...]
+    ) -> Any:
         edited = output
         for i in indices:
             edited = self._edited(session, i, edited)
         if edited is output:
-            return session.record(indices, output)
-        return _twin(session.record(indices, edited), edited)
+            twin = session.record(indices, output, args)
+            return twin.handed(output) if isinstance(twin, Twins) else twin
+        if type(edited) is Tensor and edited._base is None:
+            for a in args:
+                if a is edited:
+                    break
+            else:  # a new tensor (or the user's): returned as is, the model goes on with a twin
+                return session.record_fresh(indices, edited)
+        twin = session.record(indices, edited, args)
+        if isinstance(twin, Twins):
+            return twin.handed(edited)
+        return _twin(twin, edited)
 
-    def on_selected_output(self, session: Session, indices: tuple[int, ...], output: Any) -> Any:
+    def on_selected_output(
+        self, session: Session, indices: tuple[int, ...], output: Any, args: tuple[Any, ...]
+    ) -> Any:
         rec = session.recorder
         new_output = output
         for i in indices:
             select, key = rec.selectors[i], rec.keys[i]
             part = _tree.select_output(new_output, select, key)
             edited = self._edited(session, i, part)
-            twin = session.record((i,), edited)
             if edited is not part:
-                twin = _twin(twin, edited)
-            if twin is not None:
-                new_output = _tree.replace_output(new_output, select, twin, key)
+                new_output = _tree.replace_output(new_output, select, edited, key)
+            twins = session.record((i,), edited, args, new_output)
+            if twins is not None:
+                new_output = twins.handed(new_output)
+            elif edited is not part:  # no grad: the model goes on with a copy-on-write twin
+                new_output = _tree.replace_output(new_output, select, _twin(None, edited), key)
         return None if new_output is output else new_output
 
     def on_input(
@@ -123,10 +140,13 @@ class EditState:
             select, key = rec.selectors[i], rec.keys[i]
             arg = _tree.select_input(args, kwargs, select, key)
             edited = self._edited(session, i, arg)
-            twin = session.record((i,), edited)
             if edited is not arg:
-                twin = _twin(twin, edited)
-            if twin is not None and not callable(select):
+                replaced = args, kwargs = _tree.replace_input(args, kwargs, select, edited)
+            twins = session.record((i,), edited, (), (args, kwargs))
+            if twins is not None:
+                replaced = args, kwargs = twins.handed((args, kwargs))
+            elif edited is not arg:  # no grad: the module runs on a copy-on-write twin
+                twin = _twin(None, edited)
                 replaced = args, kwargs = _tree.replace_input(args, kwargs, select, twin)
         return replaced
 

@@ -16,6 +16,7 @@ __all__ = [
     "FeatwrapError",
     "FeatwrapTypeError",
     "FeatwrapValueError",
+    "GradientWarning",
     "HooksRemovedError",
     "LayerNotFoundError",
     "LayerSpecError",
@@ -65,7 +66,12 @@ class EditError(FeatwrapError, ValueError):
     of the wrong shape, a structure that a selector cannot write into."""
 
 
-class CheckpointWarning(UserWarning):
+class GradientWarning(UserWarning):
+    """The gradient *at* a captured value is not available (its value is exact): it is not a node
+    on the path to the model's output (a ``torch.compile``'d forward, a reentrant checkpoint)."""
+
+
+class CheckpointWarning(GradientWarning):
     """A captured value has no autograd graph: its layer ran under a reentrant checkpoint."""
 
 

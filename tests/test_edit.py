@@ -269,3 +269,35 @@ def test_compiled_forward_inside_an_edit_block() -> None:
     with fm.edit({"0": double}), pytest.raises(Exception, match=r"edit block.*torch\.compile"):
         strict(x)
     assert torch.equal(strict(x)["logits"], model(x))
+
+
+class _CountLazyClones(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func.overloadpacket is torch.ops.aten._lazy_clone
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_an_edited_layer_costs_one_copy_on_write_clone(grad: bool) -> None:
+    """The edit's result is returned as is and the model goes on with one copy-on-write twin of
+    it: one lazy clone per edited layer (not a snapshot and a twin), with or without grad, and
+    still exact where the model writes to it in place; as hand-written editing hooks."""
+    model = InplaceChain().eval()
+    clean = copy.deepcopy(model)
+    keys = ["bn", "act", "conv2", "clip"]
+    fm = FeatureModel(model, keys)
+    x = torch.randn(2, 3, 8, 8)
+    edits = dict.fromkeys(keys, shift)
+    with editing(clean, edits) as calls, torch.set_grad_enabled(grad):
+        expected = clean(x)
+    counter = _CountLazyClones()
+    with torch.set_grad_enabled(grad), fm.edit(edits), counter:
+        out = fm(x)
+    assert counter.count == len(keys)
+    assert torch.equal(out["logits"], expected)
+    for key in keys:
+        assert_same(out[key], calls[key][0])
