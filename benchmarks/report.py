@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from benchmarks.goals import Goal, HookCost, evaluate, hook_costs
 from benchmarks.methods import LABELS
-from benchmarks.runner import BenchResults, CaseResult, MethodResult
+from benchmarks.runner import BenchResults, CaseResult, Environment, MethodResult
 from featwrap._text import table
 
-__all__ = ["PLOT_DPI", "PLOT_INCHES", "console_case", "console_goals", "plot", "write_report"]
+__all__ = [
+    "PLOT_DPI",
+    "PLOT_INCHES",
+    "against_previous",
+    "console_case",
+    "console_goals",
+    "plot",
+    "write_report",
+]
 
 #: The plot's size: 11 x 4.4 inches at 100 dpi, i.e. 1100 x 440 pixels.
 PLOT_INCHES = (11.0, 4.4)
@@ -135,6 +144,7 @@ def markdown(
         f"| threads | {env.threads} (`torch.set_num_threads`) |",
         f"| device | {env.device} |",
         f"| clock | {env.clock} |",
+        *_environment_extra(env),
         "",
         "## How it is measured",
         "",
@@ -166,10 +176,95 @@ def markdown(
         verdict = {True: "yes", False: "**no**", None: "not run"}[g.met]
         out.append(f"| {g.name} | {g.target} | {g.measured} | {verdict} | {g.where} |")
     out += ["", *_hooks_section(costs, png_name), *_analysis(results, costs), *_floors(results)]
+    out += against_previous(results, costs)
     out += ["## Cases", ""]
     for case in results.cases:
         out += _case_markdown(case)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _environment_extra(env: Environment) -> list[str]:
+    rows = []
+    if env.load_start is not None:
+        load = " / ".join(f"{v:.2f}" for v in env.load_start) + " at the start"
+        if env.load_end is not None:
+            load += ", " + " / ".join(f"{v:.2f}" for v in env.load_end) + " at the end"
+        rows.append(f"| load average (1 / 5 / 15 min) | {load} |")
+    if env.previous:
+        rows.append(f"| previous release (`--against`) | {env.previous} |")
+    return rows
+
+
+#: case groups where the previous release may do other work than today's (not the same path)
+_NEW_WORK = ("stack",)
+
+
+def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = None) -> list[str]:
+    """The section "Against the previous release": featwrap and the release given to
+    ``--against``, timed in the same rounds; empty when the run has no previous release."""
+    rows: list[tuple[CaseResult, MethodResult, MethodResult]] = []
+    for case in results.cases:
+        previous = next((m for m in case.methods if m.role == "previous"), None)
+        mine = case.method("featwrap")
+        if previous is not None and mine is not None:
+            rows.append((case, mine, previous))
+    if not rows:
+        return []
+    name, label = rows[0][2].name, rows[0][2].label
+    rev = name.removeprefix("featwrap@")
+    out = [
+        "## Against the previous release",
+        "",
+        f"featwrap and {label} (the package of that commit, imported beside today's as "
+        "`featwrap_prev` by `--against`), each on its own copy of the backbone, checked "
+        "against the reference, then timed in the same rounds as every other method of the "
+        f"case. *featwrap / {rev}* is the median over rounds of the ratio within a round, with "
+        "its 95% interval: 1.000 is no change. The plain backbone's 2nd copy shows the noise.",
+        "",
+        f"| case | featwrap / baseline | {rev} / baseline | featwrap / {rev} (95% interval) "
+        "| noise: plain 2nd copy / baseline |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    ratios = []
+    for case, mine, previous in rows:
+        if previous.featwrap_vs is not None and case.group not in _NEW_WORK:
+            ratios.append((previous.featwrap_vs, previous.featwrap_vs_ci, case.id))
+        copy = case.method("plain-copy")
+        output = "" if previous.check.ok else f" ({rev}: {_output(previous)})"
+        out.append(
+            f"| `{case.id}` (/ {case.baseline}){output} | "
+            f"{_ratio(mine.vs_baseline, mine.vs_baseline_ci)} | "
+            f"{_ratio(previous.vs_baseline, previous.vs_baseline_ci)} | "
+            f"{_ratio(previous.featwrap_vs, previous.featwrap_vs_ci)} | "
+            f"{_ratio(copy.vs_baseline if copy is not None else None)} |"
+        )
+    out.append("")
+    if ratios:
+        worst = max(ratios, key=lambda r: r[0])
+        best = min(ratios, key=lambda r: r[0])
+        holding = [r for r in ratios if r[1] is not None and r[1][0] <= 1.0 <= r[1][1]]
+        out.append(
+            f"featwrap / {rev} over {len(ratios)} cases: median "
+            f"{statistics.median(r[0] for r in ratios):.3f}, from {best[0]:.3f} (`{best[2]}`) "
+            f"to {worst[0]:.3f} (`{worst[2]}`); the 95% interval holds 1.000 in "
+            f"{len(holding)} of {len(ratios)} cases."
+        )
+    if any(case.group in _NEW_WORK for case, _, _ in rows):
+        out.append(
+            "The `stack-*` cases (early stop inside a block stack) are left out of these "
+            "figures: a release without that early stop runs every block there, so the two do "
+            f"different work ({rev} / baseline shows which)."
+        )
+    costs = hook_costs(results) if costs is None else costs
+    now, then = costs.get("featwrap"), costs.get(name)
+    if now is not None and then is not None:
+        out.append(
+            f"On the hooks sweep, featwrap costs {now.per_layer_us:.2f} us per hooked layer and "
+            f"{now.fixed_us:.0f} us per forward; {rev} {then.per_layer_us:.2f} us and "
+            f"{then.fixed_us:.0f} us, in the same run."
+        )
+    out.append("")
+    return out
 
 
 def _hooks_section(costs: dict[str, HookCost], png_name: str | None) -> list[str]:
