@@ -107,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     results = run_cases(cases, settings, progress)
     goals = evaluate(results)
     print(console_goals(goals))
+    if args.against is not None:
+        from benchmarks.report import against_previous
+
+        summary = [line[2:] for line in against_previous(results) if line.startswith("- ")]
+        print("\n".join(["against the previous release:", *(f"  {s}" for s in summary)]))
     if args.report is not None:
         md, png = write_report(results, args.report)
         print(f"wrote {md}" + (f" and {png}" if png else ""))
