@@ -258,7 +258,7 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
         best = min(ratios, key=lambda r: r[0])
         holding = [r for r in ratios if r[1] is not None and r[1][0] <= 1.0 <= r[1][1]]
         out.append(
-            f"- featwrap / {rev} over {len(ratios)} cases: median "
+            f"- featwrap / {rev} over {len(ratios)} case{'' if len(ratios) == 1 else 's'}: median "
             f"{statistics.median(r[0] for r in ratios):.3f}, from {best[0]:.3f} (`{best[2]}`) "
             f"to {worst[0]:.3f} (`{worst[2]}`); the 95% interval holds 1.000 in "
             f"{len(holding)} of {len(ratios)} cases."

@@ -224,7 +224,7 @@ def test_cli_against_head_adds_the_section(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "featwrap@HEAD" in out
-    assert "against the previous release:\n  featwrap / HEAD over 1 cases: median" in out
+    assert "against the previous release:\n  featwrap / HEAD over 1 case: median" in out
     data = json.loads(js.read_text())
     (case,) = data["results"]["cases"]
     checks = {mm["name"]: mm["check"]["status"] for mm in case["methods"]}
