@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=HELP + ". Every method's output is checked against an independent "
         "reference before it is timed; methods run round-robin in one process and the result "
         "is the median of per-round ratios.",
-        epilog="example: uv run python -m benchmarks --quick --report docs/benchmarks.md",
+        epilog="examples: uv run python -m benchmarks --quick --report docs/benchmarks.md; "
+        "uv run python -m benchmarks --cases 'resnet18-*' --against f7eef22",
     )
     p.add_argument("--quick", action="store_true", help="the quick subset, shorter timing")
     p.add_argument(
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, help="most rounds per case (default: 60 quick, 300)")
     p.add_argument("--budget", type=float, help="seconds of timing per case (default: 4 quick, 30)")
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="also time the featwrap of an earlier commit (e.g. f7eef22) in the same rounds, "
+        "loaded from git beside today's; the report gets a section 'Against the previous "
+        "release' (default: none, no git needed)",
+    )
     p.add_argument("--report", type=Path, help="write a markdown report (and a PNG beside it)")
     p.add_argument("--json", type=Path, help="write every figure as JSON")
     return p
@@ -84,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
         rounds=int(timing["rounds"]),
         budget_s=float(timing["budget_s"]),
         min_sample_s=float(timing["min_sample_s"]),
+        against=args.against,
     )
+    if args.against is not None:
+        from benchmarks.previous import load_previous
+
+        previous = load_previous(args.against)
+        print(f"against {previous.summary} (featwrap {previous.version}, as featwrap_prev)")
     print(f"benchmarks: {len(cases)} cases on {device}, {args.threads} thread(s)", flush=True)
 
     def progress(case: object) -> None:
@@ -93,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     results = run_cases(cases, settings, progress)
     goals = evaluate(results)
     print(console_goals(goals))
+    if args.against is not None:
+        from benchmarks.report import against_previous
+
+        summary = [line[2:] for line in against_previous(results) if line.startswith("- ")]
+        print("\n".join(["against the previous release:", *(f"  {s}" for s in summary)]))
     if args.report is not None:
         md, png = write_report(results, args.report)
         print(f"wrote {md}" + (f" and {png}" if png else ""))

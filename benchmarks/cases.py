@@ -59,6 +59,8 @@ class Settings:
     min_sample_s: float = 0.002
     warmup: int = 3
     seed: int = 0
+    #: a previous commit whose featwrap is timed beside today's (``--against REV``)
+    against: str | None = None
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 ``uv run pytest benchmarks/`` runs the quick subset (a couple of minutes); ``--bench-full`` or
 ``FEATWRAP_BENCH_FULL=1`` runs every case with the full timing of ``python -m benchmarks``, and
-``--bench-compile`` adds the torch.compile case. The figures that matter are the interleaved
+``--bench-compile`` adds the torch.compile case, ``--bench-against REV`` a previous commit's
+featwrap (as ``python -m benchmarks --against REV``). The figures that matter are the interleaved
 ratios (test_interleaved.py, printed at the end and stored in each benchmark's ``extra_info``);
 test_methods.py times single methods with pytest-benchmark's own statistics, grouped by case.
 """
@@ -32,6 +33,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--bench-compile", action="store_true", help="add the torch.compile case")
     group.addoption("--bench-threads", type=int, default=1, help="torch threads (default 1)")
+    group.addoption(
+        "--bench-against",
+        metavar="REV",
+        default=None,
+        help="also time the featwrap of commit REV in the same rounds (python -m benchmarks "
+        "--against REV)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +82,7 @@ def bench_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
         rounds=int(timing["rounds"]),
         budget_s=float(timing["budget_s"]),
         min_sample_s=float(timing["min_sample_s"]),
+        against=request.config.getoption("--bench-against"),
     )
     torch.set_num_threads(previous)
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from benchmarks.previous import Previous
 from featwrap.model import FeatureModel
 
 __all__ = [
@@ -37,12 +38,13 @@ __all__ = [
     "lego",
     "plain",
     "plain_copy",
+    "previous_featwrap",
     "timm_features_only",
     "timm_forward_intermediates",
     "truncated_stack",
 ]
 
-Role = Literal["baseline", "featwrap", "peer", "floor", "control"]
+Role = Literal["baseline", "featwrap", "previous", "peer", "floor", "control"]
 Features = Callable[[Any], dict[str, Any]]
 View = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -81,9 +83,14 @@ class Method:
     view: View | None = None
     error: str = ""  # why it could not be built (then ``run`` is None)
     note: str = ""
+    title: str = ""  # the label, when not the one in LABELS
+    #: the same method with a previous release's featwrap (``featwrap`` methods only)
+    previous: Callable[[Previous], Method] | None = None
 
     @property
     def label(self) -> str:
+        if self.title:
+            return self.title
         base = self.name.removeprefix("compiled ")
         label = LABELS.get(base, base)
         return f"compiled {label}" if self.name.startswith("compiled ") else label
@@ -124,7 +131,32 @@ def plain_copy(model: nn.Module, output_key: str | None) -> Method:
 def featwrap(model: nn.Module, layers: Mapping[str, str], output_key: str | None) -> Method:
     """``FeatureModel(backbone, {path: key}, output_key=...)``."""
     fm = FeatureModel(_own(model), dict(layers), output_key=output_key)
-    return Method("featwrap", "featwrap", fm, _identity, _keys(layers, output_key))
+    return Method(
+        "featwrap",
+        "featwrap",
+        fm,
+        _identity,
+        _keys(layers, output_key),
+        previous=functools.partial(
+            previous_featwrap, model=model, layers=layers, output_key=output_key
+        ),
+    )
+
+
+def previous_featwrap(
+    previous: Previous, model: nn.Module, layers: Mapping[str, str], output_key: str | None
+) -> Method:
+    """The same ``FeatureModel`` call with a previous release's package (``--against REV``)."""
+
+    def build() -> Method:
+        feature_model = previous.package.FeatureModel
+        fm = feature_model(_own(model), dict(layers), output_key=output_key)
+        keys = _keys(layers, output_key)
+        return Method(previous.name, "previous", fm, _identity, keys, title=previous.label)
+
+    method = _guard(previous.name, "previous", build)
+    method.title = previous.label
+    return method
 
 
 def _keys(layers: Mapping[str, str], output_key: str | None) -> tuple[str, ...]:

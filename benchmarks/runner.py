@@ -16,6 +16,7 @@ from benchmarks.cases import Case, Settings, Setup, mode_context
 from benchmarks.checks import Check, compare
 from benchmarks.memory import MemoryUse, measure
 from benchmarks.methods import Method
+from benchmarks.previous import Previous, load_previous
 from benchmarks.timing import Timings, interleaved
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "CaseResult",
     "Environment",
     "MethodResult",
+    "add_previous",
     "check_methods",
     "clock_name",
     "run",
@@ -82,6 +84,9 @@ class Environment:
     threads: int
     device: str
     clock: str
+    previous: str = ""  # the release timed beside featwrap (--against): commit, date, subject
+    load_start: tuple[float, float, float] | None = None  # os.getloadavg() as the run starts
+    load_end: tuple[float, float, float] | None = None  # and as it ends
 
     @classmethod
     def current(cls, settings: Settings) -> Environment:
@@ -104,6 +109,8 @@ class Environment:
             threads=torch.get_num_threads(),
             device=device,
             clock=clock_name(settings.device, settings.threads),
+            previous=_previous(settings),
+            load_start=_load(),
         )
 
 
@@ -135,6 +142,7 @@ def run(
             results.append(result)
             if progress is not None:
                 progress(result)
+        environment.load_end = _load()
     finally:
         torch.set_num_threads(threads)
     return BenchResults(environment, settings, results)
@@ -143,6 +151,8 @@ def run(
 def run_case(case: Case, settings: Settings) -> CaseResult:
     """Build, check, then time (and measure) the methods whose output is right."""
     setup = case.build(settings)
+    if settings.against is not None:
+        add_previous(setup, load_previous(settings.against))
     x = setup.x
     checks = check_methods(case, setup)
     result = CaseResult(
@@ -192,6 +202,13 @@ def run_case(case: Case, settings: Settings) -> CaseResult:
                 if found is not None:
                     found.memory = measure(call, x.device)
     return result
+
+
+def add_previous(setup: Setup, previous: Previous) -> None:
+    """Put ``previous``'s featwrap right after each featwrap method of ``setup``."""
+    for i, method in reversed(list(enumerate(setup.methods))):
+        if method.previous is not None:
+            setup.methods.insert(i + 1, method.previous(previous))
 
 
 def clock_name(device: str, threads: int) -> str:
@@ -258,6 +275,8 @@ def _unexpected(case: Case, checks: dict[str, Check]) -> list[str]:
             problems.append(f"{name} was expected to be wrong ({known}) but is {check.status}")
         if known is None and name.endswith("featwrap") and not check.ok:
             problems.append(f"featwrap is {check.status}: {check.detail}")
+        if known is None and name.startswith("featwrap@") and not check.ok:
+            problems.append(f"{name} (the previous release) is {check.status}: {check.detail}")
     return problems
 
 
@@ -277,6 +296,20 @@ def _fill_timings(result: CaseResult, timings: Timings) -> None:
         if subject is not None:
             method.featwrap_vs = timings.ratio(subject, name)
             method.featwrap_vs_ci = timings.ratio_interval(subject, name)
+
+
+def _previous(settings: Settings) -> str:
+    if settings.against is None:
+        return ""
+    previous = load_previous(settings.against)
+    return f"{previous.summary} [featwrap {previous.version}]"
+
+
+def _load() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:  # not on every platform
+        return None
 
 
 def _cpu_name() -> str:

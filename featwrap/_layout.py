@@ -125,12 +125,6 @@ def nominal(spatial: tuple[int, ...], dims: tuple[int, ...]) -> int | float:
     return 1 << level
 
 
-def token_reduction(spatial: tuple[int, ...], tokens: int) -> int | None:
-    """The patch size ``p`` with ``tokens = prod(spatial / p) + prefix`` (fewest prefix tokens)."""
-    found = token_grid(spatial, tokens)
-    return None if found is None else found[0]
-
-
 def token_grid(spatial: tuple[int, ...], tokens: int) -> tuple[int, int] | None:
     """``(patch size, prefix tokens)`` with ``tokens = prod(spatial / p) + prefix``, the fewest
     prefix tokens first."""

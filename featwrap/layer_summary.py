@@ -193,7 +193,10 @@ def _paths(
         paths = [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
     if depth is not None:
         if not isinstance(depth, int) or depth < 1:
-            raise FeatwrapValueError(f"depth must be a positive int, got {depth!r}")
+            raise FeatwrapValueError(
+                f"depth must be a positive int, got {depth!r}: 1 keeps the model's children, "
+                "2 their children too; None (no --depth) keeps every path."
+            )
         paths = [p for p in paths if p.count(".") < depth]
     if not paths:
         raise LayerNotFoundError(

@@ -313,8 +313,3 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def prefix_key(key: str) -> str:
-    """The key under which the prefix tokens of ``key`` are returned."""
-    return key + _PREFIX_SUFFIX

@@ -72,8 +72,13 @@ def channel_grid(
             f"channel_grid takes one sample's (C, H, W) feature map, got shape "
             f"{tuple(feature.shape)}; index the batch first (out['layer1'][0])."
         )
-    if max_channels < 1 or padding < 0 or cell < 1:
-        raise FeatwrapValueError("max_channels and cell must be positive, padding non-negative")
+    limits = (("max_channels", max_channels, 1), ("cell", cell, 1), ("padding", padding, 0))
+    bad = [f"{name}={value!r}" for name, value, least in limits if value < least]
+    if bad:
+        raise FeatwrapValueError(
+            f"{', '.join(bad)}: max_channels and cell must be at least 1 and padding at least 0 "
+            "(the defaults are 64, 64 and 2; `featwrap show --max-channels N`)."
+        )
     x = x[:max_channels]
     n, h, w = x.shape
     scale = max(1, cell // max(h, w))

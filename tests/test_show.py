@@ -114,6 +114,8 @@ def test_channel_grid_shapes_and_values(tmp_path: Path) -> None:
         assert image.size == size == (1000, 360)
     with pytest.raises(ValueError, match="index the batch first"):
         channel_grid(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"^max_channels=0, padding=-1: .*--max-channels"):
+        channel_grid(torch.randn(3, 4, 4), max_channels=0, padding=-1)
     stats = {"a": {"mean": 0.1, "std": 1.0, "min": -2.0, "max": 3.0, "zeros": 0.5}}
     assert save_layer_statistics(stats, tmp_path / "s.png", size=(4, 3), dpi=50) == (200, 150)
     with Image.open(tmp_path / "s.png") as image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from featwrap._text import table
 from featwrap.cli._parsing import add_command
 from featwrap.errors import FeatwrapValueError, LayerNotFoundError
 
@@ -110,11 +111,8 @@ def _paths_only(model: object, args: argparse.Namespace) -> int:
         paths = [p for p in paths if p.count(".") < args.depth]
     if not paths:
         raise _no_match(args)
-    width = max(len(p) for p in paths)
-    print(f"{'path':<{width}}  module")
-    for path in paths:
-        module = model.get_submodule(path)  # type: ignore[attr-defined]
-        print(f"{path:<{width}}  {type(module).__name__}")
+    rows = [(p, type(model.get_submodule(p)).__name__) for p in paths]  # type: ignore[attr-defined]
+    print("\n".join(table([("path", "module"), *rows])))
     return 0
 
 
