@@ -347,3 +347,21 @@ def test_bad_stream_sample_clear_error_keeps_what_was_written(
     with torch.no_grad():
         for i, seq in enumerate(seqs):
             torch.testing.assert_close(resumed["embed"][i], encoder.embed(seq).mean(0))
+
+
+def test_a_rank_reads_its_part_of_a_stream_that_splits_itself() -> None:
+    """Rank 1 of 2 over a DataPipe with a sharding_filter(), its first block committed before:
+    it reads samples 1, 3, 5... only (the filter's part), passes over its committed shard 1 and
+    computes shards 3 and 5 (its blocks j at j * 2 + 1)."""
+    from featwrap.extraction.streams import ShardBatches, open_stream
+    from tests.text_models import text_pipe
+
+    stream = open_stream(text_pipe(sequences(11)), lambda: to_tensor, 2, repr)
+    assert stream is not None
+    assert stream.split == "apply_sharding"
+    items = list(ShardBatches(stream, 2, frozenset({1}), rank=1, world=2))
+    seen = [(item[1], item[2]) for item in items if item[0] == "seen"]
+    computed = [(item[1], key) for item in items if item[0] == "batch" for key in item[2]]
+    assert seen == [(1, ["text001", "text003"])]
+    assert computed == [(3, "text005"), (3, "text007"), (5, "text009")]
+    assert items[-1] == ("stop", 3)  # three blocks in this rank's part

@@ -107,6 +107,7 @@ class StreamJob:
         error: Exception | None = None
         n_shards = 0
         batches = ShardBatches(self.stream, self.batch_size, frozenset(done), *ranks_of(ranks))
+        self.read = {}
         try:
             n_shards = self._run(batches, PieceWriter(output, list(self.paths)), done)
         except Exception as e:
