@@ -22,7 +22,12 @@ Design, in short:
   a copy-on-write twin of the output (a forward hook may return a replacement). Later in-place ops
   write to the twin, so the module's own tensor stays untouched *and* on the path to the output:
   ``torch.autograd.grad(out["logits"], out["bn1"])`` is the gradient a model without in-place ops
-  gives. The twin copies memory only where an in-place op writes to it. Under a reentrant
+  gives. The twin copies memory only where an in-place op writes to it. Structures, selected
+  parts and inputs hand the model a holder with a twin per tensor (:mod:`featwrap._twins`). A
+  tensor that shares memory with the module's input (``nn.Identity``, an in-place activation, a
+  view) gets no twin: writes through it must still reach the input, as without featwrap; it
+  takes its owner's place when it is a twin featwrap handed on, else, if a later in-place op
+  modifies it, featwrap warns once per layer that its gradient is lost. Under a reentrant
   ``torch.utils.checkpoint`` a value has no graph: featwrap warns once per layer. Under
   ``torch.compile`` no twin can help: an output of a compiled graph is never on the path to its
   other outputs, so a traced forward warns once per layer (at trace time, outside the graph)
@@ -600,7 +605,7 @@ class Session:
         if output_key is not None:
             features[output_key] = output
         values = self._final_values()
-        if self.traced and self.grad:
+        if self.traced and self.grad and not torch.compiler.is_exporting():
             _warn_compiled_gradients(rec, _keys_with_graph(rec.keys, self.counts, values))
         if 0 not in self.counts:  # every layer fired: the common case, at C speed
             features.update(zip(rec.keys, values, strict=True))

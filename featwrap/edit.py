@@ -12,8 +12,9 @@ Design, in short:
   the result as the key's value, and hand the rest of the model a copy-on-write twin of it. Later
   in-place ops write to the twin: neither the returned value nor a tensor of the user's changes.
 * ``torch.compile`` traces a thread-local once and never guards it, so an edit cannot be kept
-  per thread inside a compiled forward: while any edit block is open, a compiled forward of that
-  ``FeatureModel`` raises :class:`~featwrap.errors.EditError` (a guarded plain counter).
+  per thread inside a compiled forward: while any edit block is open (a guarded plain counter),
+  a compiled forward of that ``FeatureModel`` runs eagerly, through a ``torch.compiler.disable``
+  whose reason names the edit block (the error's message under ``fullgraph=True``).
 """
 
 from __future__ import annotations

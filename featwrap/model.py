@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,6 @@ from featwrap._options import OUTPUT_KEY, Missing, Repeats
 from featwrap.edit import Edit, EditValue
 from featwrap.errors import (
     BackboneError,
-    EditError,
     FeatwrapError,
     FeatwrapTypeError,
     FeatwrapValueError,
@@ -340,12 +339,8 @@ class FeatureModel(nn.Module):
 
     def _traced_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         recorder = self._recorder
-        if recorder.open_edits:
-            raise EditError(
-                "An edit block (`with fm.edit(...)`) is open, and edits do not apply inside a "
-                "torch.compile'd forward (the compiled graph is shared by all threads). Call "
-                "the FeatureModel itself, not its compiled version, inside the edit block."
-            )
+        if recorder.open_edits:  # edits are per thread: one compiled graph cannot hold them
+            return _forward_eagerly(self, args, kwargs)
         session = recorder.open_traced()
         try:
             output = self.backbone(*args, **kwargs)
@@ -372,8 +367,8 @@ class FeatureModel(nn.Module):
         The rest of the model runs on the edited value, and the returned dict holds it. Edits
         apply in this thread only, to the forwards inside the block; blocks nest (for one key,
         outer edits apply first) and leaving a block, by an exception too, restores the edits
-        of before. A copy or pickle of the model carries no edit. A ``torch.compile``'d forward
-        raises :class:`~featwrap.EditError` while an edit block is open.
+        of before. A copy or pickle of the model carries no edit. While an edit block is open,
+        a ``torch.compile``'d forward runs eagerly (``fullgraph=True``: raises, saying so).
 
         >>> import torch
         >>> from torch import nn
@@ -490,6 +485,23 @@ def feature_info(
     raise FeatwrapTypeError(
         f"feature_info expects a FeatureModel or a torch.nn.Module, got {type(model).__name__}"
     )
+
+
+def _forward(fm: FeatureModel, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    return fm.forward(*args, **kwargs)
+
+
+#: A compiled forward's way out while an edit block is open: the whole forward runs eagerly
+#: (nested modules are not compiled either); under ``fullgraph=True`` torch.compile raises with
+#: this reason in its message.
+_forward_eagerly: Callable[[FeatureModel, tuple[Any, ...], dict[str, Any]], dict[str, Any]]
+_forward_eagerly = torch.compiler.disable(  # type: ignore[no-untyped-call]
+    _forward,
+    reason="featwrap: an edit block (`with fm.edit(...)`) is open on this FeatureModel, and "
+    "edits do not apply inside a torch.compile'd graph (one graph serves every thread), so the "
+    "forward runs eagerly. With fullgraph=True that is an error: call the FeatureModel itself, "
+    "not its compiled version, inside the edit block.",
+)
 
 
 def _remove_handles(handles: list[RemovableHandle]) -> None:

@@ -263,6 +263,14 @@ def test_compiled_forward_inside_an_edit_block() -> None:
             out = compiled(x)
             assert torch.equal(out["logits"], expected)
             assert torch.equal(out["0"], model[0](x) * 2)
+    frames = torch._dynamo.utils.counters["frames"]
+    traced = frames["total"]
+    for _ in range(3):  # patches: a new tensor each time
+        patch = torch.randn(3, 4)
+        with fm.edit({"0": patch}):
+            out = compiled(x)
+        assert torch.equal(out["logits"], model[2](torch.relu(patch)))
+    assert frames["total"] == traced  # eager, nested modules too: nothing traced again
     assert torch.equal(compiled(x)["0"], model[0](x))  # no edit after the block
     torch._dynamo.reset()
     strict = torch.compile(fm, backend="eager", fullgraph=True)

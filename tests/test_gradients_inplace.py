@@ -4,6 +4,7 @@ module, functional ``x += y`` and ``F.relu(x, inplace=True)`` run out of place).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision import models as tvm
 
-from featwrap import CheckpointWarning, FeatureModel, list_layers
+from featwrap import CheckpointWarning, FeatureModel, GradientWarning, list_layers
 from tests.reference import CountWrites, reference, reference_grads
 
 
@@ -22,21 +23,67 @@ def target(logits: torch.Tensor) -> torch.Tensor:
     return logits[0, 3]
 
 
+def returns_its_input(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """The modules whose output is their input or shares its memory (nn.Identity, dropout in
+    eval mode, in-place activations, views), found by plain hooks on one forward."""
+    found: set[str] = set()
+
+    def root(t: torch.Tensor) -> torch.Tensor:
+        return t if t._base is None else t._base
+
+    handles = [
+        module.register_forward_hook(
+            lambda m, args, out, path=path: (
+                found.add(path)
+                if isinstance(out, torch.Tensor)
+                and any(isinstance(a, torch.Tensor) and root(a) is root(out) for a in args)
+                else None
+            )
+        )
+        for path, module in model.named_modules()
+        if path
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
 def check_every_layer(model: nn.Module, x: torch.Tensor, extra: tuple[str, ...] = ()) -> None:
     """Every module's output (and ``extra`` keys), captured at once: each value is exact and
-    torch.autograd.grad and retain_grad give the reference's gradient."""
+    torch.autograd.grad and retain_grad give the reference's gradient; the model's output is
+    what it is without featwrap. A module that returns its input (or a view of it) gets no twin
+    (that would change what the model computes): where a later in-place op modifies it, its
+    gradient is lost, which featwrap says (GradientWarning); only such modules may be said."""
     model = model.eval()
     keys = [*list_layers(model), *extra]
     values, grads, writes = reference_grads(model, keys, x, target)
     assert writes == [], writes[:5]  # the reference really ran without in-place ops
+    with torch.no_grad():
+        plain = model(x)
     fm = FeatureModel(model, keys, missing="skip")
     counter = CountWrites()
-    with counter:
+    with counter, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = fm(x)
     assert counter.writes, "the model under test has in-place ops (else the test proves nothing)"
+    torch.testing.assert_close(out["logits"], plain, rtol=0, atol=0)
     assert {k for k in keys if k in out} == set(values)  # the same modules ran
+    said = re.compile(r"layer '([^']+)' shares memory")
+    lost = {
+        m.group(1)
+        for w in caught
+        if issubclass(w.category, GradientWarning) and (m := said.search(str(w.message)))
+    }
+    assert lost <= returns_its_input(model, x), lost
     keys = [k for k in keys if k in values and values[k].requires_grad]
-    assert len(keys) > 0.9 * len(values)
+    for key in lost:
+        assert torch.equal(out[key], values[key]), key  # the value is still exact
+    keys = [k for k in keys if k not in lost]
+    assert len(keys) > 0.8 * len(values)
     got = torch.autograd.grad(target(out["logits"]), [out[k] for k in keys], allow_unused=True)
     for key, g in zip(keys, got, strict=True):
         assert torch.equal(out[key], values[key]), key
