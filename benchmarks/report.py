@@ -231,7 +231,7 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
         "its 95% interval: 1.000 is no change. The plain backbone's 2nd copy shows the noise.",
         "",
         f"| case | featwrap / baseline | {rev} / baseline | featwrap / {rev} (95% interval) "
-        "| noise: plain 2nd copy / baseline |",
+        "| noise: plain 2nd copy / plain |",
         "| --- | --- | --- | --- | --- |",
     ]
     ratios = []
@@ -243,14 +243,14 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
             continue
         if previous.featwrap_vs is not None and case.group not in _NEW_WORK:
             ratios.append((previous.featwrap_vs, previous.featwrap_vs_ci, case.id))
-        copy = case.method("plain-copy")
+        noise = _noise(case)
         output = "" if previous.check.ok else f" ({rev}: {_output(previous)})"
         out.append(
             f"| `{case.id}` (/ {case.baseline}){output} | "
             f"{_ratio(mine.vs_baseline, mine.vs_baseline_ci)} | "
             f"{_ratio(previous.vs_baseline, previous.vs_baseline_ci)} | "
             f"{_ratio(previous.featwrap_vs, previous.featwrap_vs_ci)} | "
-            f"{_ratio(copy.vs_baseline if copy is not None else None)} |"
+            f"{_ratio(noise)} |"
         )
     out.append("")
     if ratios:
@@ -285,6 +285,14 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
         )
     out.append("")
     return out
+
+
+def _noise(case: CaseResult) -> float | None:
+    """plain-copy / plain in ``case`` (through the baseline when it is another method)."""
+    copy, plain = case.method("plain-copy"), case.method("plain")
+    if copy is None or plain is None or copy.vs_baseline is None or not plain.vs_baseline:
+        return None
+    return copy.vs_baseline / plain.vs_baseline
 
 
 def _hooks_section(costs: dict[str, HookCost], png_name: str | None) -> list[str]:
