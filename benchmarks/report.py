@@ -287,6 +287,11 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
     return out
 
 
+def _label(name: str) -> str:
+    """A method's label from its name (``featwrap@REV``: the previous release)."""
+    return LABELS.get(name, name.replace("featwrap@", "featwrap @ "))
+
+
 def _noise(case: CaseResult) -> float | None:
     """plain-copy / plain in ``case`` (through the baseline when it is another method)."""
     copy, plain = case.method("plain-copy"), case.method("plain")
@@ -314,9 +319,7 @@ def _hooks_section(costs: dict[str, HookCost], png_name: str | None) -> list[str
         units = "-"
         if floor is not None and floor.per_layer_us > 0:
             units = f"{cost.per_layer_us / floor.per_layer_us:.2f}"
-        out.append(
-            f"| {LABELS.get(name, name)} | {cost.per_layer_us:.2f} | {cost.fixed_us:.0f} | {units} |"
-        )
+        out.append(f"| {_label(name)} | {cost.per_layer_us:.2f} | {cost.fixed_us:.0f} | {units} |")
     out.append("")
     if png_name:
         out += [f"![time against hooked layers, per method]({png_name})", ""]
@@ -503,7 +506,7 @@ def plot(results: BenchResults, path: str | Path) -> bool:
         if not points:
             continue
         xs = [p[0] for p in points]
-        label = LABELS.get(name, name)
+        label = _label(name)
         left.plot(xs, [p[1] for p in points], marker="o", label=label)
         right.plot(xs, [p[2] for p in points], marker="o", label=label)
     for ax in (left, right):
