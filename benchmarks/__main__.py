@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", type=Path, help="write a markdown report (and a PNG beside it)")
     p.add_argument("--json", type=Path, help="write every figure as JSON")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="no timing: write --report from the figures of an earlier --json (default: run)",
+    )
     return p
 
 
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.report import console_case, console_goals
     from featwrap.errors import FeatwrapValueError
 
+    if args.from_json is not None:
+        return _from_json(args)
     cases = select_cases(args.cases, quick=args.quick, compile=args.compile)
     if args.list:
         for case in cases:
@@ -126,6 +134,31 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"PROBLEM {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _from_json(args: argparse.Namespace) -> int:
+    from benchmarks import evaluate, write_report
+    from benchmarks.report import console_goals
+    from benchmarks.runner import BenchResults
+    from featwrap.errors import FeatwrapValueError
+
+    if args.report is None:
+        raise FeatwrapValueError(
+            f"--from-json {args.from_json} writes a report: add --report PATH "
+            "(e.g. --report docs/benchmarks.md)."
+        )
+    try:
+        data = json.loads(args.from_json.read_text(encoding="utf-8"))
+        results = BenchResults.from_dict(data["results"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FeatwrapValueError(
+            f"--from-json {args.from_json}: not the JSON of `python -m benchmarks --json` "
+            f"({type(error).__name__}: {error}). Pass a file that --json wrote."
+        ) from error
+    print(console_goals(evaluate(results)))
+    md, png = write_report(results, args.report)
+    print(f"wrote {md}" + (f" and {png}" if png else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

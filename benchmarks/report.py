@@ -231,7 +231,7 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
         "its 95% interval: 1.000 is no change. The plain backbone's 2nd copy shows the noise.",
         "",
         f"| case | featwrap / baseline | {rev} / baseline | featwrap / {rev} (95% interval) "
-        "| noise: plain 2nd copy / baseline |",
+        "| noise: plain 2nd copy / plain |",
         "| --- | --- | --- | --- | --- |",
     ]
     ratios = []
@@ -243,14 +243,14 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
             continue
         if previous.featwrap_vs is not None and case.group not in _NEW_WORK:
             ratios.append((previous.featwrap_vs, previous.featwrap_vs_ci, case.id))
-        copy = case.method("plain-copy")
+        noise = _noise(case)
         output = "" if previous.check.ok else f" ({rev}: {_output(previous)})"
         out.append(
             f"| `{case.id}` (/ {case.baseline}){output} | "
             f"{_ratio(mine.vs_baseline, mine.vs_baseline_ci)} | "
             f"{_ratio(previous.vs_baseline, previous.vs_baseline_ci)} | "
             f"{_ratio(previous.featwrap_vs, previous.featwrap_vs_ci)} | "
-            f"{_ratio(copy.vs_baseline if copy is not None else None)} |"
+            f"{_ratio(noise)} |"
         )
     out.append("")
     if ratios:
@@ -287,6 +287,19 @@ def against_previous(results: BenchResults, costs: dict[str, HookCost] | None = 
     return out
 
 
+def _label(name: str) -> str:
+    """A method's label from its name (``featwrap@REV``: the previous release)."""
+    return LABELS.get(name, name.replace("featwrap@", "featwrap @ "))
+
+
+def _noise(case: CaseResult) -> float | None:
+    """plain-copy / plain in ``case`` (through the baseline when it is another method)."""
+    copy, plain = case.method("plain-copy"), case.method("plain")
+    if copy is None or plain is None or copy.vs_baseline is None or not plain.vs_baseline:
+        return None
+    return copy.vs_baseline / plain.vs_baseline
+
+
 def _hooks_section(costs: dict[str, HookCost], png_name: str | None) -> list[str]:
     if not costs:
         return []
@@ -306,9 +319,7 @@ def _hooks_section(costs: dict[str, HookCost], png_name: str | None) -> list[str
         units = "-"
         if floor is not None and floor.per_layer_us > 0:
             units = f"{cost.per_layer_us / floor.per_layer_us:.2f}"
-        out.append(
-            f"| {LABELS.get(name, name)} | {cost.per_layer_us:.2f} | {cost.fixed_us:.0f} | {units} |"
-        )
+        out.append(f"| {_label(name)} | {cost.per_layer_us:.2f} | {cost.fixed_us:.0f} | {units} |")
     out.append("")
     if png_name:
         out += [f"![time against hooked layers, per method]({png_name})", ""]
@@ -495,7 +506,7 @@ def plot(results: BenchResults, path: str | Path) -> bool:
         if not points:
             continue
         xs = [p[0] for p in points]
-        label = LABELS.get(name, name)
+        label = _label(name)
         left.plot(xs, [p[1] for p in points], marker="o", label=label)
         right.plot(xs, [p[2] for p in points], marker="o", label=label)
     for ax in (left, right):

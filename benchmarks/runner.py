@@ -125,6 +125,27 @@ class BenchResults:
     def case(self, case_id: str) -> CaseResult | None:
         return next((c for c in self.cases if c.id == case_id), None)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResults:
+        """The results as ``dataclasses.asdict`` gave them (the ``results`` of ``--json``)."""
+        env = dict(data["environment"])
+        for key in ("load_start", "load_end"):
+            if env.get(key) is not None:
+                env[key] = tuple(env[key])
+        cases = []
+        for case in data["cases"]:
+            methods = []
+            for m in case["methods"]:
+                fields = dict(m)
+                fields["check"] = Check(**m["check"])
+                fields["memory"] = None if m["memory"] is None else MemoryUse(**m["memory"])
+                for key in ("vs_baseline_ci", "featwrap_vs_ci"):
+                    if fields[key] is not None:
+                        fields[key] = tuple(fields[key])
+                methods.append(MethodResult(**fields))
+            cases.append(CaseResult(**{**case, "methods": methods}))
+        return cls(Environment(**env), Settings(**data["settings"]), cases)
+
 
 def run(
     cases: Iterable[Case],

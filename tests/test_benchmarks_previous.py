@@ -237,3 +237,19 @@ def test_cli_against_head_adds_the_section(
     text = md.read_text()
     assert "## Against the previous release" in text
     assert "| load average (1 / 5 / 15 min) |" in text
+
+
+def test_from_json_writes_the_same_report_without_timing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    md, js, again = tmp_path / "b.md", tmp_path / "b.json", tmp_path / "again" / "b.md"
+    args = ["--cases", "hooks-mlp-1", "hooks-mlp-4", "--quick", "--rounds", "3", "--budget", "0.05"]
+    assert main([*args, "--device", "cpu", "--report", str(md), "--json", str(js)]) == 0
+    assert main(["--from-json", str(js), "--report", str(again)]) == 0
+    assert again.read_text() == md.read_text()
+    assert (again.parent / "b.png").exists()
+    capsys.readouterr()
+    assert main(["--from-json", str(js)]) == 2
+    assert "add --report PATH" in capsys.readouterr().err
+    assert main(["--from-json", str(md), "--report", str(again)]) == 2
+    assert "not the JSON of `python -m benchmarks --json`" in capsys.readouterr().err
