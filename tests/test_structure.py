@@ -32,6 +32,7 @@ CORE = [
     "featwrap._tree",
     "featwrap._modes",
     "featwrap._layout",
+    "featwrap._twins",
     "featwrap.maps",
     "featwrap._capture",
     "featwrap.edit",
