@@ -19,7 +19,6 @@ Design, in short:
 
 from __future__ import annotations
 
-import difflib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from featwrap import _tree
+from featwrap._text import did_you_mean
 from featwrap._twins import Twins
 from featwrap.errors import EditError, FeatwrapTypeError, FeatwrapValueError
 
@@ -214,7 +214,7 @@ def _rules(
         if key not in keys:
             raise EditError(
                 f"{key!r} is not a key of this FeatureModel, whose layers are {list(keys)}."
-                f"{_did_you_mean(str(key), keys)} Edit a captured layer (add it to the layers "
+                f"{did_you_mean(key, keys)} Edit a captured layer (add it to the layers "
                 "of the FeatureModel first)."
             )
         if not (isinstance(change, Tensor) or callable(change)):
@@ -231,8 +231,3 @@ def _rules(
             )
         rules[i] = (_Rule(key, change, call),)
     return rules
-
-
-def _did_you_mean(key: str, keys: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, keys, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""

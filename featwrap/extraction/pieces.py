@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from featwrap._text import dtype_name
 from featwrap.extraction.errors import DataError, OutputError
 from featwrap.extraction.safetensors_file import DTYPES, dtype_from_name
 from featwrap.extraction.store import Output, write_atomic
@@ -248,7 +249,7 @@ def assemble(output: Output, keys: list[str], shards: list[int]) -> dict[str, An
         else:
             tensors.append((key, (rows, *entry["shape"]), dtype, files))
             layers[key] = {"shape": [rows, *entry["shape"]]}
-        layers[key]["dtype"] = str(dtype).removeprefix("torch.")
+        layers[key]["dtype"] = dtype_name(dtype)
     _write_file(output, tensors, offsets)
     return {
         "ids": [k for m in ordered for k in m["keys"]],

@@ -15,10 +15,7 @@ from featwrap.extraction.speed import HostRows, finish, to_host
 from featwrap.layers import Capture, LayerSpec, resolve_layers
 from featwrap.model import FeatureModel
 
-__all__ = ["OUTPUT", "Forward", "compute_rows", "feature_forward"]
-
-#: In ``layers``, the model's own output (unless the model has a submodule of that name).
-OUTPUT = OUTPUT_KEY
+__all__ = ["Forward", "compute_rows", "feature_forward"]
 
 #: ``forward(inputs) -> {key: value}`` (keyword inputs: ``forward(**inputs)``)
 Forward = Callable[..., Mapping[str, Any]]
@@ -50,13 +47,13 @@ def feature_forward(module: nn.Module, layers: LayerSpec | None) -> tuple[Forwar
                 f"{layers!r:.120}. Capture objects are for FeatureModel."
             )
         items = [(str(path), None) for path in given]
-    has_output_module = any(name == OUTPUT for name, _ in module.named_modules())
+    has_output_module = any(name == OUTPUT_KEY for name, _ in module.named_modules())
     output_key: str | None = None
     paths: dict[str, str] = {}
     hooked: list[tuple[str, str | None]] = []
     for path, alias in items:
-        if path == OUTPUT and not has_output_module:
-            output_key = alias or OUTPUT
+        if path == OUTPUT_KEY and not has_output_module:
+            output_key = alias or OUTPUT_KEY
             paths[output_key] = ""
             continue
         for resolved in resolve_layers(module, {path: alias} if alias else [path], None):

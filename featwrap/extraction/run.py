@@ -621,7 +621,7 @@ def _module_device(module: nn.Module) -> torch.device | None:
 def _dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None:
         return None
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     value = dtype if isinstance(dtype, torch.dtype) else getattr(torch, name, None)
     if not isinstance(value, torch.dtype):
         raise FeatwrapValueError(

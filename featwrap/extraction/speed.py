@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featwrap._text import dtype_name
 from featwrap.errors import FeatwrapValueError
 
 __all__ = ["HostRows", "Speed", "to_host"]
@@ -44,7 +45,7 @@ class Speed:
         """Check the options; ``autocast`` as a dtype or its name (``"bfloat16"``, ``"fp16"``)."""
         dtype: torch.dtype | None = None
         if autocast is not None:
-            name = str(autocast).removeprefix("torch.")
+            name = dtype_name(autocast)
             name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
             if name not in _AUTOCAST:
                 raise FeatwrapValueError(
@@ -58,7 +59,7 @@ class Speed:
         """The options that change the values, for the run's spec (only the ones set)."""
         spec: dict[str, Any] = {}
         if self.autocast is not None:
-            spec["autocast"] = str(self.autocast).removeprefix("torch.")
+            spec["autocast"] = dtype_name(self.autocast)
         if self.channels_last:
             spec["channels_last"] = True
         if self.compile:

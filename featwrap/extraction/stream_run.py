@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from featwrap._text import dtype_name
 from featwrap.errors import FeatwrapValueError
 from featwrap.extraction.errors import DataError, ResumeMismatchError, ResumeWarning
 from featwrap.extraction.inputs import Parameters, split_batch
@@ -79,7 +80,7 @@ class StreamJob:
         for key, value in tensors.items():
             data = value.values() if value.is_nested else value
             shape = [len(ids), None, *data.shape[1:]] if value.is_nested else list(data.shape)
-            manifest["layers"][key].update(shape=shape, dtype=_name(data.dtype))
+            manifest["layers"][key].update(shape=shape, dtype=dtype_name(data.dtype))
         manifest.update(rows=len(ids), ids=ids, skipped=skipped)
         if all(m["targets"] is not None for m in ordered):
             manifest["targets"] = [t for m in ordered for t in m["targets"]]
@@ -393,10 +394,6 @@ def _same(item: Any) -> Any:
 def _few(keys: list[str]) -> str:
     shown = ", ".join(repr(k) for k in keys[:3])
     return f"[{shown}{', ...' if len(keys) > 3 else ''}] ({len(keys)})"
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _dump(obj: Mapping[str, Any]) -> bytes:
