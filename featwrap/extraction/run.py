@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -320,7 +321,7 @@ class _Job:
         except (RuntimeError, ConnectionError, EOFError) as error:
             if not _worker_death(error, loader.num_workers):
                 raise
-            raise self._worker_died(_ahead(loader, steps), error) from error
+            raise self._worker_died(_ahead(loader, steps), error, batches) from error
         self.started = _Started([s.indices for s in steps[1:]], loader, batches)
         if failed and self.on_error == "fail":
             raise self._unreadable(*failed[0])
@@ -329,7 +330,7 @@ class _Job:
         except RuntimeError as error:  # PyTorch's SIGCHLD handler raises where it lands
             if not _worker_death(error, loader.num_workers):
                 raise
-            raise self._worker_died(_ahead(loader, steps[1:]), error) from error
+            raise self._worker_died(_ahead(loader, steps[1:]), error, batches) from error
         self.ready[tuple(steps[0].indices)] = (indices, rows, failed)
         if rows is None:
             _, batch = first_readable(self.source, True, self._unreadable)
@@ -399,14 +400,14 @@ class _Job:
                 except (RuntimeError, ConnectionError, EOFError) as error:
                     if not _worker_death(error, loader.num_workers):
                         raise
-                    raise self._worker_died(_ahead(loader, loaded[read:]), error) from error
+                    raise self._worker_died(_ahead(loader, loaded[read:]), error, batches) from error
                 read += 1
                 try:
                     rows = None if batch is None else self._rows(batch, indices)
                 except RuntimeError as error:  # PyTorch's SIGCHLD handler raises where it lands
                     if not _worker_death(error, loader.num_workers):
                         raise
-                    raise self._worker_died(_ahead(loader, loaded[read:]), error) from error
+                    raise self._worker_died(_ahead(loader, loaded[read:]), error, batches) from error
             for index, problem in failed:
                 if self.on_error == "fail":
                     raise self._unreadable(index, problem)
@@ -419,9 +420,17 @@ class _Job:
                 sink.commit(step.shard, step.span, skipped)
                 skipped = []
 
-    def _worker_died(self, steps: list[Step], error: Exception) -> DataError:
+    def _worker_died(self, steps: list[Step], error: Exception, batches: Any) -> DataError:
         """A worker process died (a crash in a decoder, the OOM killer): the samples it may
-        have been reading are those of the batches in flight."""
+        have been reading are those of the batches in flight.
+
+        The other workers are stopped first: PyTorch's SIGCHLD handler raises the death again
+        wherever it lands while the loader's workers are registered (in the cleanup that
+        releases the output's lock, replacing this error)."""
+        shutdown = getattr(batches, "_shutdown_workers", None)  # a multi-process iterator's
+        if shutdown is not None:
+            with contextlib.suppress(Exception):
+                shutdown()
         first, last = steps[0].indices[0], steps[-1].indices[-1]
         ids = self.source.ids
         cause = " ".join(str(error).split()).rstrip(".") + "."
