@@ -75,9 +75,9 @@ def _after(owner: Any, name: str, reached: Callable[[], None]) -> None:
 def _before_manifest(module: Any, reached: Callable[[], None]) -> None:
     original = module.write_atomic
 
-    def wrapped(path: Path, data: bytes) -> None:
+    def wrapped(path: Path, data: bytes, **kwargs: Any) -> None:
         if path.name == store.MANIFEST_FILE:
             reached()
-        original(path, data)
+        original(path, data, **kwargs)
 
     module.write_atomic = wrapped

@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from featwrap.extraction.pool import Pool, pool_name
 from featwrap.extraction.ranks import Ranks, join_ranks
 from featwrap.extraction.speed import Speed
 from featwrap.extraction.store import FEATURES_FILE, Output, describe_changes
+from featwrap.extraction.weights import WeightsDigest, parameters_digest
 
 __all__ = [
     "ModelRecord",
@@ -49,12 +49,20 @@ class ModelRecord:
     pretrained: bool | None
     preset: Any = None
     sha256: str | None = None
+    _hashing: WeightsDigest | None = field(default=None, repr=False, compare=False)
+
+    def start_digest(self) -> None:
+        """Start hashing the weights on a thread, as they are now: before a run puts them in
+        channels_last (hashing them in that format would first copy every 4-D one back to the
+        contiguous layout) or moves them; :meth:`digest` waits for it."""
+        if self.sha256 is None and self._hashing is None:
+            self._hashing = WeightsDigest(self.module)
 
     def digest(self) -> str:
-        """The weights' sha256, computed once: before a run puts them in channels_last (hashing
-        them in that format first copies every 4-D one back to the contiguous layout)."""
+        """The weights' sha256, computed once (on the thread :meth:`start_digest` started)."""
         if self.sha256 is None:
-            self.sha256 = parameters_digest(self.module)
+            hashing, self._hashing = self._hashing, None
+            self.sha256 = parameters_digest(self.module) if hashing is None else hashing.result()
         return self.sha256
 
 
@@ -123,15 +131,3 @@ def model_manifest(
         "pretrained": model.pretrained,
         "layers": {k: {"path": p, "pool": pool_name(pools[k])} for k, p in paths.items()},
     }
-
-
-def parameters_digest(module: nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes, bytes): the weights' identity."""
-    digest = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        data = value.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(data.view(torch.uint8).numpy().data if data.numel() else b"")
-    return digest.hexdigest()

@@ -167,7 +167,7 @@ def extract(
             return stream_job.to_directory(Path(out), overwrite, module)
     source = resolve_source(data, images)
     if out is not None:
-        resolved.digest()  # for the run's spec, while the weights are as they were given
+        resolved.start_digest()  # for the run's spec, of the weights as they were given
     job = _Job(
         resolved, source, fast, paths, pools, store_dtype, run_device,
         batch_size or source.batch_size or 32, num_workers, on_error, shard_size, progress,
@@ -250,9 +250,9 @@ class _Job:
             return self._locked(output, overwrite, ranks)
 
     def _locked(self, output: Output, overwrite: bool, ranks: Ranks) -> Features:
-        spec = self._spec()
         n_shards = -(-self.n // self.shard_size)
-        opened = ranks.first(lambda: self._open(output, spec, overwrite, ranks.shards(n_shards)))
+        opened = ranks.first(lambda: self._open(output, overwrite, ranks.shards(n_shards)))
+        spec = self._spec()
         (state, plan, batch_size, digest), first_spec = ranks.broadcast((opened, spec))
         ranks.agree(spec_mismatch(first_spec, spec, ranks.rank))
         if state == "complete":
@@ -276,12 +276,16 @@ class _Job:
         return load_features(output.root)
 
     def _open(
-        self, output: Output, spec: dict[str, Any], overwrite: bool, shards: list[int]
+        self, output: Output, overwrite: bool, shards: list[int]
     ) -> tuple[str, FilePlan, int, str]:
-        """Rank 0 (which computes ``shards``): check the directory against ``spec`` and the data;
-        start or resume the run in it. Returns the state, the file plan, the batch size and the
-        data's digest."""
-        state = output.start(spec, overwrite, self.source.ids)
+        """Rank 0 (which computes ``shards``): check the directory against the run's spec and the
+        data; start or resume the run in it. Returns the state, the file plan, the batch size and
+        the data's digest.
+
+        A new run asks for its spec (the weights' digest, hashed on a thread) only after its
+        first batch is computed, so that hashing overlaps the DataLoader's start and that
+        forward."""
+        state = output.start(self._spec, overwrite, self.source.ids)
         if state != "new":
             try:
                 return self._reopen(output, state)
@@ -291,7 +295,7 @@ class _Job:
                 output.remove_run()
         plan = self._probe_plan(shards)
         record, digest = run_record(self.source, self.batch_size)
-        output.create(spec, plan, record)
+        output.create(self._spec(), plan, record)
         return "new", plan, self.batch_size, digest
 
     def _reopen(self, output: Output, state: str) -> tuple[str, FilePlan, int, str]:

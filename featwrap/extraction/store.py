@@ -3,7 +3,8 @@
 While a run goes on, ``DIR/.featwrap-run/`` holds ``run.json`` (the arguments that determine the
 values, and the file plan), ``features.safetensors.partial`` (allocated at full size; each
 process writes its shards' rows in place) and ``shards/NNNNNN.json``, one marker per committed
-shard, written only after the shard's rows are flushed to disk. When every shard is committed,
+shard, written only after the shard's rows are flushed to disk (the marker itself is not
+flushed: one lost in a crash of the machine only has its shard computed again). When every shard is committed,
 rank 0 renames the file to ``DIR/features.safetensors`` (leaving out unreadable samples, if any
 were skipped, through a compacted copy), writes ``DIR/manifest.json`` and removes the work folder.
 
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +39,20 @@ WORK_DIR = ".featwrap-run"
 _COPY_CHUNK = 64 << 20
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, flushed, then renamed over it."""
+def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file, flushed to disk (unless ``sync`` is
+    false), then renamed over it.
+
+    Without ``sync`` the file is still never seen half-written by a process (SIGKILL included),
+    but may be lost, or found empty, after the machine itself goes down: only for a file whose
+    loss is harmless (a shard's marker: the shard is computed again)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
     except OSError as error:
         tmp.unlink(missing_ok=True)
         if is_disk_full(error):
@@ -118,10 +126,16 @@ class Output:
             )
         return "new", None
 
-    def start(self, spec: dict[str, Any], overwrite: bool, ids: list[str] | None = None) -> str:
+    def start(
+        self,
+        spec: dict[str, Any] | Callable[[], dict[str, Any]],
+        overwrite: bool,
+        ids: list[str] | None = None,
+    ) -> str:
         """Check ``spec`` against what the directory holds: ``"new"``, ``"running"`` (resume) or
         ``"complete"``. Raises :class:`ResumeMismatchError` if it holds another run (naming the
-        samples added or removed, from ``ids``, the samples' ids now)."""
+        samples added or removed, from ``ids``, the samples' ids now). A callable ``spec`` is
+        called only when the directory holds a run."""
         self.check_writable()
         try:
             state, previous = self.previous_spec()
@@ -130,12 +144,13 @@ class Output:
                 raise
             self.remove_run()
             return "new"
-        if state != "new" and previous != spec:
+        wanted = None if state == "new" else spec() if callable(spec) else spec
+        if wanted is not None and previous != wanted:
             if overwrite:
                 self.remove_run()
                 return "new"
             what = "finished" if state == "complete" else "started"
-            changes = describe_changes(previous or {}, spec)
+            changes = describe_changes(previous or {}, wanted)
             before = self.previous_ids(state)
             if ids is not None and before is not None and before != ids:
                 from featwrap.extraction.identity import sample_ids_change
@@ -236,9 +251,13 @@ class Output:
         return done
 
     def commit(self, shard: int, rows: tuple[int, int], skipped: list[dict[str, Any]]) -> None:
+        """Write the shard's marker; its rows must be on disk already (flushed by the caller).
+        The marker itself is not flushed: lost in a crash of the machine, or found empty, it
+        only has the shard computed again (:meth:`done_shards`)."""
         write_atomic(
             self.shards / f"{shard:06d}.json",
             _dump({"shard": shard, "rows": list(rows), "skipped": skipped}),
+            sync=False,
         )
 
     # -- the end ---------------------------------------------------------------------------------
@@ -271,9 +290,7 @@ class Output:
             write_atomic(self.work / "skipped.json", _dump(skipped))
             if skipped:
                 self._compact(plan, {int(s["index"]) for s in skipped})
-            else:
-                with open(self.partial, "rb+") as f:
-                    os.fsync(f.fileno())
+            else:  # every row is on disk: each shard's were flushed before its marker
                 os.replace(self.partial, self.features)
         skipped = json.loads((self.work / "skipped.json").read_text())
         gone = {int(s["index"]) for s in skipped}
