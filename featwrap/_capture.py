@@ -195,7 +195,12 @@ class Recorder:
                             return session.adopt(indices, output)
                 elif aliases(output, args):
                     return session.adopt(indices, output)
-                return session.hand(indices, output)
+                twin = _lazy_clone(output)  # Session.hand, inlined
+                version = twin._version
+                for i in indices:
+                    session.handed[i] = twin
+                    session.handed_versions[i] = version
+                return twin
             return None
         if session.edits is not None:
             return session.edits.on_output(session, indices, output, args)
