@@ -161,7 +161,19 @@ class Recorder:
             if session is None:
                 return
         if session.fast and type(output) is Tensor:
-            # The common case inlined (repeats="last", no early stop, a tensor): Session.keep.
+            # The common case inlined (repeats="last", no early stop, no edit, a tensor):
+            # Session.keep. Without grad, no twin and no graph check: the shortest path.
+            if not session.grad:
+                for i in indices:
+                    session.counts[i] += 1
+                    try:
+                        session.values[i] = _lazy_clone(output)
+                        session.versions[i] = output._version
+                    except (NotImplementedError, RuntimeError):  # no copy-on-write, or versions
+                        session.keep(i, output)
+                        continue
+                    session.own[i] = output
+                return None
             for i in indices:
                 session.counts[i] += 1
                 try:
@@ -170,11 +182,11 @@ class Recorder:
                 except (NotImplementedError, RuntimeError):  # no copy-on-write, or no versions
                     session.keep(i, output)
                     continue
-                if session.grad and not _grad_enabled():
-                    session.no_graph(i)
-                else:
+                if _grad_enabled():
                     session.own[i] = output
-            if session.grad and output.requires_grad and not self.detach:  # go on with a twin
+                else:  # grad off inside the forward (a reentrant checkpoint)
+                    session.no_graph(i)
+            if output.requires_grad and not self.detach:  # go on with a twin
                 # no twin for the module's input itself or a view of it: a twin would hide
                 # later writes from whoever holds the input (aliases(), inlined: a tensor)
                 if output._base is None:
@@ -183,7 +195,12 @@ class Recorder:
                             return session.adopt(indices, output)
                 elif aliases(output, args):
                     return session.adopt(indices, output)
-                return session.hand(indices, output)
+                twin = _lazy_clone(output)  # Session.hand, inlined
+                version = twin._version
+                for i in indices:
+                    session.handed[i] = twin
+                    session.handed_versions[i] = version
+                return twin
             return None
         if session.edits is not None:
             return session.edits.on_output(session, indices, output, args)
@@ -291,10 +308,10 @@ class Session:
         # it (its version counter is then unchanged); None where that does not apply
         self.own: list[Tensor | None] = [None] * n
         self.versions = [0] * n
-        # handed[i]: the twin the rest of the model got instead of own[i] (grad enabled, or an
-        # edited value), with its version: returned if own[i] was written through an alias
-        self.handed: list[Tensor | None] = [None] * n
-        self.handed_versions = [0] * n
+        # handed[i]: the twin the rest of the model got instead of own[i], with its version:
+        # returned if own[i] was written through an alias (with grad only: no twin without it)
+        self.handed: list[Tensor | None] = [None] * n if self.grad else []
+        self.handed_versions = [0] * n if self.grad else []
         # repeats="all": (key index, tensor, version) of bare tensors, for last_modified only
         self.watched: list[tuple[int, Tensor, int]] = []
         # repeats="all" with grad: (key index, call, own tensor, version) of bare tensors
@@ -536,6 +553,17 @@ class Session:
         values = self.values
         versions = self.versions
         modified = []
+        if not self.grad:  # no twin was handed on: own, or the snapshot if it was written to
+            for i, own in enumerate(self.own):
+                if own is not None:
+                    if own._version == versions[i]:
+                        values[i] = own
+                    else:
+                        modified.append(i)
+            self.recorder.last_modified = frozenset(modified)
+            if self.recorder.detach and not self.traced:
+                return [v.detach() if type(v) is Tensor else v for v in values]
+            return values
         handed = self.handed
         for i, own in enumerate(self.own):
             if own is not None:
