@@ -404,14 +404,18 @@ class _Job:
                 except (RuntimeError, ConnectionError, EOFError) as error:
                     if not _worker_death(error, loader.num_workers):
                         raise
-                    raise self._worker_died(_ahead(loader, loaded[read:]), error, batches) from error
+                    raise self._worker_died(
+                        _ahead(loader, loaded[read:]), error, batches
+                    ) from error
                 read += 1
                 try:
                     rows = None if batch is None else self._rows(batch, indices)
                 except RuntimeError as error:  # PyTorch's SIGCHLD handler raises where it lands
                     if not _worker_death(error, loader.num_workers):
                         raise
-                    raise self._worker_died(_ahead(loader, loaded[read:]), error, batches) from error
+                    raise self._worker_died(
+                        _ahead(loader, loaded[read:]), error, batches
+                    ) from error
             for index, problem in failed:
                 if self.on_error == "fail":
                     raise self._unreadable(index, problem)
